@@ -1,0 +1,31 @@
+"""Canonical body bytes and their fingerprint.
+
+A body is serialised once, canonically (sorted keys, no insignificant whitespace), so
+a retry sends the same bytes and the provider's body-hash check sees the same body.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from ._errors import InvalidBodyError
+
+__all__ = ["canonical_body", "fingerprint"]
+
+
+def canonical_body(body: Any) -> bytes:
+    """Serialise ``body`` canonically. ``bytes`` are taken as already serialised."""
+    if isinstance(body, bytes | bytearray | memoryview):
+        return bytes(body)
+    try:
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidBodyError(f"the body cannot be sent as JSON: {exc}") from exc
+    return text.encode()
+
+
+def fingerprint(payload: bytes) -> str:
+    """The sha256 of the payload, hex: what travels beside the key and in the ledger."""
+    return hashlib.sha256(payload).hexdigest()

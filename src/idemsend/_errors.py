@@ -1,0 +1,138 @@
+"""The one exception tree of idemsend, grouped by what the caller can do about it.
+
+```
+IdemsendError
+├── RetryableError(retry_after)      run the job again later (the queue's retry)
+├── FatalError(code)                 never retry this job
+│   ├── KeyDerivationError           the key could not be derived or is invalid
+│   ├── UnstableKeyError             a retry derived a different key for the same job
+│   ├── StaleReplayError             unknown outcome older than the provider window
+│   ├── MismatchError                same key, different body (IDEMPOTENCY_MISMATCH)
+│   └── InvalidBodyError             the body cannot be serialised canonically
+├── ConfigError                      wrong setup, raised at construction
+└── MissingExtraError (ImportError)  an optional extra is not installed
+```
+
+Third-party errors (aiohttp, redis, arq, rq, qstash) are translated where they are
+caught and chained with ``from``. No error text ever contains the API key.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "MISMATCH",
+    "ConfigError",
+    "FatalError",
+    "IdemsendError",
+    "InvalidBodyError",
+    "KeyDerivationError",
+    "MismatchError",
+    "MissingExtraError",
+    "RetryableError",
+    "StaleReplayError",
+    "UnstableKeyError",
+]
+
+#: The outcome code every classifier uses for "same key, different body".
+MISMATCH = "IDEMPOTENCY_MISMATCH"
+
+
+class IdemsendError(Exception):
+    """Base class of every error idemsend raises on purpose."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.key = key
+
+
+class RetryableError(IdemsendError):
+    """The send did not complete; the queue should run the job again later.
+
+    ``retry_after`` is the delay in seconds the provider (or the engine's backoff)
+    asks for, or ``None`` when the queue's own backoff is fine. Retrying with the same
+    job is safe: the key is the same, so the provider de-duplicates.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        key: str | None = None,
+        reason: str = "retryable",
+    ) -> None:
+        super().__init__(message, key=key)
+        self.retry_after = retry_after
+        self.reason = reason
+
+
+class FatalError(IdemsendError):
+    """The job can never succeed as it is; do not retry it. ``code`` says why."""
+
+    default_code = "FATAL"
+
+    def __init__(self, message: str, *, code: str | None = None, key: str | None = None) -> None:
+        super().__init__(message, key=key)
+        self.code = code or self.default_code
+
+
+class KeyDerivationError(FatalError):
+    """The key template could not be filled, or the key is not a valid key."""
+
+    default_code = "KEY_DERIVATION"
+
+
+class UnstableKeyError(FatalError):
+    """A later attempt of a job derived a different key than its first attempt.
+
+    That is the "timestamp or attempt number in the key" mistake: sending would
+    double-send, so nothing is sent.
+    """
+
+    default_code = "UNSTABLE_KEY"
+
+    def __init__(self, message: str, *, key: str, recorded_key: str) -> None:
+        super().__init__(message, key=key)
+        self.recorded_key = recorded_key
+
+
+class StaleReplayError(FatalError):
+    """An earlier attempt's outcome is unknown and the provider has forgotten its key.
+
+    Resending would risk a double send, so the job stops here for a person to look at.
+    ``first_sent_at`` is the Unix time of the first attempt.
+    """
+
+    default_code = "STALE_REPLAY"
+
+    def __init__(self, message: str, *, key: str, first_sent_at: float) -> None:
+        super().__init__(message, key=key)
+        self.first_sent_at = first_sent_at
+
+
+class MismatchError(FatalError):
+    """The provider (or the ledger) holds this key for a different body."""
+
+    default_code = MISMATCH
+
+
+class InvalidBodyError(FatalError):
+    """The body is not JSON-serialisable (or not bytes), so it cannot be sent."""
+
+    default_code = "INVALID_BODY"
+
+
+class ConfigError(IdemsendError, ValueError):
+    """The engine, ledger or adapter was set up wrongly. Raised at construction."""
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency is missing; the message names the pip extra to install."""
+
+    def __init__(self, extra: str, module: str) -> None:
+        super().__init__(
+            f"idemsend.{extra} needs the {module!r} package: pip install 'idemsend[{extra}]'",
+            name=module,
+        )
+        self.extra = extra

@@ -1,0 +1,29 @@
+"""What a send returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["SendResult"]
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """The result of a completed send.
+
+    ``replayed`` is true when this call did not cause the send itself: the provider
+    answered with its stored response, another coroutine of this engine sent it
+    (single-flight), or the ledger already held the completed send (``from_ledger``).
+    ``attempts`` counts the HTTP requests this call made (0 when answered without one).
+    """
+
+    key: str
+    id: str | None
+    status: int
+    response: Any
+    replayed: bool
+    attempts: int
+    fingerprint: str
+    job_id: str
+    from_ledger: bool = False

