@@ -303,7 +303,7 @@ class Engine:
         finally:
             renewer.cancel()
         record = {"id": result.id, "status": result.status, "response": result.response}
-        if not await self._settle(key, ledger.complete(key, token, record)):
+        if await self._settle(key, ledger.complete(key, token, record)) is False:
             log.warning("idemsend: key %s sent, but its ledger lease had passed to another worker", key)
         return result
 
@@ -321,14 +321,15 @@ class Engine:
                 reason="ledger",
             ) from exc
 
-    async def _settle(self, key: str, call: Awaitable[bool]) -> bool:
-        """Record an outcome after the HTTP part. The send's own result stands even when
-        the ledger is gone now: the lease runs out and the next attempt resumes it."""
+    async def _settle(self, key: str, call: Awaitable[bool]) -> bool | None:
+        """Record an outcome after the HTTP part; None when the ledger is unreachable.
+        The send's own result stands even then: the lease runs out and the next attempt
+        resumes it with the same key (the provider replays it)."""
         try:
             return await call
         except LedgerUnavailableError as exc:
             log.warning("idemsend: could not record key %s in the ledger: %s", key, exc)
-            return False
+            return None
 
     def _from_record(self, job: Job, key: str, fp: str, record: Mapping[str, Any]) -> SendResult:
         return SendResult(
@@ -430,11 +431,11 @@ class _Renewer:
 
     __slots__ = ("_handle", "_interval", "_loop", "_renew", "_tasks")
 
-    def __init__(self, interval: float, renew: Callable[[], Awaitable[bool]]) -> None:
+    def __init__(self, interval: float, renew: Callable[[], Awaitable[bool | None]]) -> None:
         self._loop = asyncio.get_running_loop()
         self._interval = interval
         self._renew = renew
-        self._tasks: set[asyncio.Future[bool]] = set()
+        self._tasks: set[asyncio.Future[bool | None]] = set()
         self._handle = self._loop.call_later(interval, self._fire)
 
     def _fire(self) -> None:

@@ -166,11 +166,15 @@ class _Batcher:
                 again = await self._execute([ops[i] for i in missing])
                 for i, r in zip(missing, again, strict=True):
                     results[i] = r
-        except (RedisError, OSError) as exc:
+        except BaseException as exc:
+            # Whatever happened (a connection error, a cluster error, cancellation), no
+            # caller may wait forever: every future of this batch gets the failure.
             error = LedgerUnavailableError(f"{type(exc).__name__}: {exc}")
             for *_, future in ops:
                 if not future.done():
                     future.set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
             return
         for (*_, future), result in zip(ops, results, strict=True):
             if future.done():
@@ -183,7 +187,9 @@ class _Batcher:
     async def _execute(self, ops: list[_Op]) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
         for script, key, args, _ in ops:
-            pipe.evalsha(script.sha, 1, key, *args)
+            # execute_command, not evalsha(): redis-py 5 blocks the evalsha method on
+            # cluster pipelines, though one-key scripts route to one slot just fine.
+            pipe.execute_command("EVALSHA", script.sha, 1, key, *args)
         return list(await pipe.execute(raise_on_error=False))
 
     async def drain(self) -> None:

@@ -7,6 +7,7 @@ The binary is ``$REDIS_SERVER``, else ``redis-server`` on PATH, else the one ins
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -14,9 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
-__all__ = ["RedisServer", "find_redis_server", "free_port", "redis_url_or_start"]
+__all__ = ["RedisClusterServers", "RedisServer", "find_redis_server", "free_port", "redis_url_or_start"]
 
 
 def find_redis_server() -> str:
@@ -40,10 +41,27 @@ def find_redis_server() -> str:
     )
 
 
-def free_port() -> int:
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(*, cluster: bool = False) -> int:
+    """A free loopback port; with ``cluster``, one whose bus port (+10000) is free too."""
+    if not cluster:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randint(20000, 45000)
+        if _bindable(port) and _bindable(port + 10000):
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
 
 
 def _ping(port: int, timeout: float = 0.2) -> bool:
@@ -64,7 +82,7 @@ class RedisServer:
         self, *, port: int | None = None, appendonly: bool = False, cluster: bool = False,
         extra: list[str] | None = None,
     ) -> None:
-        self.port = port or free_port()
+        self.port = port or free_port(cluster=cluster)
         self.appendonly = appendonly
         self.cluster = cluster
         self.extra = extra or []
@@ -131,3 +149,52 @@ def redis_url_or_start() -> tuple[str, RedisServer | None]:
         return url, None
     server = RedisServer().start()
     return server.url, server
+
+
+class RedisClusterServers:
+    """A throwaway Redis Cluster of ``nodes`` primaries on loopback ports (no replicas)."""
+
+    def __init__(self, nodes: int = 3) -> None:
+        self.servers = [RedisServer(cluster=True) for _ in range(nodes)]
+
+    @property
+    def url(self) -> str:
+        return self.servers[0].url
+
+    def start(self, timeout: float = 20.0) -> Self:
+        import redis  # the cluster needs the redis extra; only tests use this
+
+        for server in self.servers:
+            server.start()
+        clients: list[Any] = [redis.Redis(port=s.port) for s in self.servers]
+        try:
+            slots, n = 16384, len(self.servers)
+            for i, client in enumerate(clients):
+                client.execute_command("CLUSTER", "ADDSLOTS", *range(i * slots // n, (i + 1) * slots // n))
+            for server in self.servers[1:]:
+                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", server.port)
+            deadline = time.monotonic() + timeout
+            while True:
+                infos = [c.execute_command("CLUSTER", "INFO") for c in clients]
+                texts = [i.decode() if isinstance(i, bytes) else str(i) for i in infos]
+                if all("cluster_state:ok" in t and f"cluster_known_nodes:{n}" in t for t in texts):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis cluster did not form: {texts}")
+                time.sleep(0.05)
+        finally:
+            for client in clients:
+                client.close()
+        return self
+
+    def cleanup(self) -> None:
+        for server in self.servers:
+            server.cleanup()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.cleanup()
