@@ -17,3 +17,12 @@ def cluster_url() -> Iterator[str]:
 
     with RedisClusterServers(3) as cluster:
         yield cluster.url
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    import sys
+
+    module = sys.modules.get("tests.test_conformance")
+    if module is not None and module.RESULTS:
+        terminalreporter.write_sep("=", "conformance: scenario x adapter")
+        terminalreporter.write_line(module.conformance_table())

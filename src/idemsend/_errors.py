@@ -37,6 +37,13 @@ __all__ = [
 MISMATCH = "IDEMPOTENCY_MISMATCH"
 
 
+def _restore(cls: type[IdemsendError], args: tuple[object, ...], state: dict[str, object]) -> IdemsendError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
+
 class IdemsendError(Exception):
     """Base class of every error idemsend raises on purpose."""
 
@@ -44,6 +51,10 @@ class IdemsendError(Exception):
         super().__init__(message)
         self.message = message
         self.key = key
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Queues pickle job errors (arq stores them as results): keep code, retry_after...
+        return (_restore, (type(self), self.args, self.__dict__))
 
 
 class RetryableError(IdemsendError):

@@ -118,6 +118,8 @@ class MockProvider:
         self._script: deque[str] = deque()
         self._key_scripts: dict[str, deque[str]] = {}
         self._ids = itertools.count(1)
+        self.key_delays: dict[str, float] = {}
+        self.arrivals: dict[str, list[float]] = {}
         self.stats = _Stats()
         self._runner: web.AppRunner | None = None
 
@@ -191,7 +193,13 @@ class MockProvider:
         target = self._script if key is None else self._key_scripts.setdefault(key, deque())
         target.extend(f or "none" for f in faults)
 
+    def delay(self, key: str, seconds: float) -> None:
+        """Process ``key`` slowly (on top of ``processing_delay``): time to kill a worker."""
+        self.key_delays[key] = seconds
+
     def reset(self) -> None:
+        self.key_delays.clear()
+        self.arrivals.clear()
         self._records.clear()
         self._script.clear()
         self._key_scripts.clear()
@@ -208,6 +216,7 @@ class MockProvider:
             "in_flight_409": s.in_flight_409,
             "mismatches": s.mismatches,
             "max_concurrency": s.max_concurrency,
+            "arrivals": self.arrivals,
         }
 
     # -- handlers --------------------------------------------------------------------
@@ -256,6 +265,8 @@ class MockProvider:
         if not isinstance(body, dict):
             return _error(422, "VALIDATION_ERROR", "the body must be a JSON object")
         key = request.headers.get("Idempotency-Key")
+        if key is not None:
+            self.arrivals.setdefault(key, []).append(time.time())
         if key is not None and not 0 < len(key) <= MAX_KEY_LENGTH:
             return _error(400, "INVALID_IDEMPOTENCY_KEY", f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
         if self.faults.latency:
@@ -295,8 +306,9 @@ class MockProvider:
 
         if key is not None:
             record = self._records[key] = _Record(body_hash=body_hash, created=now)
-        if self.processing_delay:
-            await asyncio.sleep(self.processing_delay)
+        delay = self.processing_delay + (self.key_delays.get(key, 0.0) if key is not None else 0.0)
+        if delay:
+            await asyncio.sleep(delay)
         response = {"id": f"em_{next(self._ids):08d}", "object": "email", "to": body.get("to")}
         self.stats.sends += 1
         if key is not None:

@@ -1,0 +1,22 @@
+"""RQ job functions that send through idemsend.
+
+Run a worker in this folder: `rq worker --with-scheduler --worker-class rq.worker.SimpleWorker
+--url $REDIS_URL emails` (the scheduler re-enqueues retries; SimpleWorker keeps one Engine
+and its connections across jobs). Environment: see idemsend.adapters.engine_from_env,
+plus RQ_MAX_RETRIES.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from idemsend.adapters import engine_from_env
+from idemsend.adapters.rq import RQAdapter
+
+idem = RQAdapter(engine_from_env, max_retries=int(os.environ.get("RQ_MAX_RETRIES", "5")))
+
+
+def send_email(data: dict[str, Any], body: dict[str, Any]) -> Any:
+    """An ordinary sync RQ job: `data` fills the key template, `body` is what is sent."""
+    return idem.send(data, body)
