@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import replace
 from types import TracebackType
 from typing import Any, Self
@@ -135,6 +136,13 @@ class Engine:
         self._session: aiohttp.ClientSession | None = None
         self._sem: asyncio.Semaphore | None = None
         self._flights: dict[str, tuple[str, asyncio.Future[SendResult]]] = {}
+        # Claim tokens: random per engine, a counter per claim (unique, and cheap per send).
+        self._token_prefix = secrets.token_hex(8) + "-"
+        self._token_seq = itertools.count(1)
+        # Leases this engine holds: key -> (token, last renewed, monotonic). One renewer task
+        # per engine walks them, instead of a timer per send.
+        self._leases: dict[str, tuple[str, float]] = {}
+        self._renewer: asyncio.Task[None] | None = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -159,6 +167,8 @@ class Engine:
 
     async def aclose(self) -> None:
         self._closed = True
+        if self._renewer is not None:
+            self._renewer.cancel()
         session, self._session = self._session, None
         if session is not None:
             await session.close()
@@ -240,7 +250,7 @@ class Engine:
         ledger = self.ledger
         if ledger is None:
             return await self._deliver(job, key, payload, fp, attempt)
-        token = secrets.token_hex(12)
+        token = f"{self._token_prefix}{next(self._token_seq)}"
         waited = 0.0
         while True:
             claim = await self._ledger_call(key, ledger.claim(key, job.id, payload, fp, token, self.lease))
@@ -290,7 +300,7 @@ class Engine:
                 job.id, claim.fingerprint[:16], fp[:16],
             )
             payload, fp = claim.payload, claim.fingerprint
-        renewer = self._start_renewer(ledger, key, token)
+        self._hold_lease(ledger, key, token)
         try:
             result = await self._deliver(job, key, payload, fp, attempt)
         except FatalError as exc:
@@ -301,14 +311,31 @@ class Engine:
             await self._settle(key, ledger.release(key, token))
             raise
         finally:
-            renewer.cancel()
+            self._leases.pop(key, None)
         record = {"id": result.id, "status": result.status, "response": result.response}
         if await self._settle(key, ledger.complete(key, token, record)) is False:
             log.warning("idemsend: key %s sent, but its ledger lease had passed to another worker", key)
         return result
 
-    def _start_renewer(self, ledger: Ledger, key: str, token: str) -> _Renewer:
-        return _Renewer(self.lease / 3, lambda: self._settle(key, ledger.renew(key, token, self.lease)))
+    def _hold_lease(self, ledger: Ledger, key: str, token: str) -> None:
+        self._leases[key] = (token, time.monotonic())
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.ensure_future(self._renew_leases(ledger))
+
+    async def _renew_leases(self, ledger: Ledger) -> None:
+        """Renew every lease held longer than a third of its length, checked six times a
+        lease; most sends finish long before, and then renewal costs nothing."""
+        third = self.lease / 3
+        while self._leases:
+            await asyncio.sleep(self.lease / 6)
+            now = time.monotonic()
+            due = [(key, token) for key, (token, since) in self._leases.items() if now - since >= third]
+            for key, token in due:
+                self._leases[key] = (token, now)
+            if due:
+                await asyncio.gather(
+                    *(self._settle(key, ledger.renew(key, token, self.lease)) for key, token in due)
+                )
 
     async def _ledger_call(self, key: str, call: Awaitable[Any]) -> Any:
         try:
@@ -423,26 +450,3 @@ class Engine:
                 if token:
                     text = text.replace(token, "[redacted]")
         return text
-
-
-class _Renewer:
-    """Renews a lease every ``interval`` while a send runs. A timer, not a task: most
-    sends finish long before the first renewal is due, and then it costs nothing."""
-
-    __slots__ = ("_handle", "_interval", "_loop", "_renew", "_tasks")
-
-    def __init__(self, interval: float, renew: Callable[[], Awaitable[bool | None]]) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._interval = interval
-        self._renew = renew
-        self._tasks: set[asyncio.Future[bool | None]] = set()
-        self._handle = self._loop.call_later(interval, self._fire)
-
-    def _fire(self) -> None:
-        task = asyncio.ensure_future(self._renew())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        self._handle = self._loop.call_later(self._interval, self._fire)
-
-    def cancel(self) -> None:
-        self._handle.cancel()

@@ -137,7 +137,8 @@ class MockProvider:
     async def start(self) -> Self:
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        # a deep accept queue: benchmarks open a thousand connections at once
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True, backlog=4096)
         await site.start()
         server = site._server
         if server is not None and self.port == 0:

@@ -1,0 +1,169 @@
+"""One benchmark client run, in its own process: `python clients.py VARIANT --concurrency C ...`.
+
+Every variant sends N keyed POSTs to the same MockProvider with C coroutines pulling from
+one counter, after a short warm-up, and prints one JSON line: sends/s, p50/p99 latency,
+CPU seconds per 1,000 sends (this process only) and peak RSS (this process's lifetime).
+
+Variants:
+  raw       aiohttp POST with an Idempotency-Key header: the ceiling
+  tenacity  the contract file's hand-written pattern, wrapped in tenacity (what users write today)
+  engine    idemsend without a ledger
+  memory    idemsend + MemoryLedger
+  redis     idemsend + RedisLedger
+  idemkit   idemkit's Redis backend (@idempotent) around the same aiohttp POST
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+
+VARIANTS = ("raw", "tenacity", "engine", "memory", "redis", "idemkit")
+
+
+class Retryable(Exception):
+    pass
+
+
+class Fatal(Exception):
+    pass
+
+
+def body_for(i: int) -> dict[str, Any]:
+    return {"from": "welcome@example.com", "to": [f"user-{i}@example.com"], "template": "welcome",
+            "variables": {"name": f"User {i}"}}
+
+
+async def make_sender(variant: str, args: argparse.Namespace, run: str) -> tuple[Callable[[int], Awaitable[Any]], Any]:
+    """Returns (send(i), closer)."""
+    headers = {"Authorization": f"Bearer {args.api_key}", "Content-Type": "application/json"}
+    conn_limit = max(args.concurrency, 1)
+
+    if variant in ("raw", "tenacity", "idemkit"):
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conn_limit))
+
+        async def post(key: str, body: dict[str, Any]) -> Any:
+            async with session.post(args.url, data=json.dumps(body), headers={**headers, "Idempotency-Key": key}) as r:
+                data = await r.json()
+                if r.status >= 400:
+                    code = (data.get("error") or {}).get("code")
+                    if code == "IDEMPOTENCY_IN_FLIGHT" or r.status >= 500:
+                        raise Retryable(code)
+                    raise Fatal(code)
+                return data
+
+        if variant == "raw":
+            async def send(i: int) -> Any:
+                return await post(f"welcome:user-{i}:{run}-{i}", body_for(i))
+
+            return send, session.close
+
+        if variant == "tenacity":
+            from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+            @retry(retry=retry_if_exception_type(Retryable), wait=wait_random_exponential(multiplier=0.1, max=2),
+                   stop=stop_after_attempt(5), reraise=True)
+            async def send_welcome(job_id: str, user_id: str, i: int) -> Any:
+                key = f"welcome:{user_id}:{job_id}"  # stable across retries of this job
+                return (await post(key, body_for(i)))["id"]
+
+            async def send(i: int) -> Any:
+                return await send_welcome(f"{run}-{i}", f"user-{i}", i)
+
+            return send, session.close
+
+        import redis.asyncio as aioredis
+        from idemkit import MethodConfig, idempotent
+        from idemkit.backends.redis import RedisBackend
+
+        client = aioredis.Redis.from_url(args.redis)
+        backend = RedisBackend(client)
+
+        @idempotent(backend=backend, config=MethodConfig(key_fields=["key"]))
+        async def idem_post(key: str, body: dict[str, Any]) -> Any:
+            return await post(key, body)
+
+        async def send(i: int) -> Any:
+            return await idem_post(key=f"welcome:user-{i}:{run}-{i}", body=body_for(i))
+
+        async def close() -> None:
+            await session.close()
+            await client.aclose()
+
+        return send, close
+
+    from idemsend import Engine, Job
+    from idemsend.ledger import MemoryLedger, RedisLedger
+
+    ledger = {"engine": None, "memory": MemoryLedger(), "redis": None}[variant] if variant != "redis" else \
+        RedisLedger.from_url(args.redis, prefix=f"bench-{run}")
+    engine = await Engine(
+        args.url, key="welcome:{user_id}:{job_id}", api_key=args.api_key, ledger=ledger, max_in_flight=conn_limit
+    ).start()
+
+    async def send(i: int) -> Any:
+        return await engine.send(Job(f"{run}-{i}", {"user_id": f"user-{i}"}), body_for(i))
+
+    return send, engine.aclose
+
+
+async def drive(send: Callable[[int], Awaitable[Any]], first: int, count: int, concurrency: int) -> list[float]:
+    latencies: list[float] = []
+    counter = iter(range(first, first + count))
+
+    async def worker() -> None:
+        for i in counter:
+            start = time.perf_counter()
+            await send(i)
+            latencies.append(time.perf_counter() - start)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("variant", choices=VARIANTS)
+    ap.add_argument("--url", required=True)
+    ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    ap.add_argument("--api-key", default="bench")
+    ap.add_argument("--concurrency", type=int, default=100)
+    ap.add_argument("--sends", type=int, default=5000)
+    args = ap.parse_args()
+    run = uuid.uuid4().hex[:10]
+    send, close = await make_sender(args.variant, args, run)
+    try:
+        warm = min(200, max(args.sends // 10, args.concurrency))
+        await drive(send, 0, warm, args.concurrency)
+        usage0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        latencies = await drive(send, warm, args.sends, args.concurrency)
+        wall, usage1 = time.perf_counter() - wall0, resource.getrusage(resource.RUSAGE_SELF)
+    finally:
+        await close()
+    cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+    latencies.sort()
+    print(json.dumps({
+        "variant": args.variant,
+        "concurrency": args.concurrency,
+        "sends": args.sends,
+        "sends_per_s": args.sends / wall,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+        "cpu_s_per_1000": 1000 * cpu / args.sends,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())  # the default asyncio loop: what most workers run
+    sys.exit(0)
