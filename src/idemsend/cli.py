@@ -48,6 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
     mock.add_argument("--rate-in-flight", type=_rate, default=0.0)
     mock.add_argument("--uvloop", action="store_true", help="run on uvloop if it is installed")
 
+    chaos = sub.add_parser(
+        "chaos", help="exactly-once sends per queue under duplicates, faults, kills and a Redis restart"
+    )
+    chaos.add_argument("--jobs", type=_positive, default=10_000, help="jobs per queue")
+    chaos.add_argument("--queues", default="arq,rq,qstash")
+    chaos.add_argument("--dup-rate", type=_rate, default=0.3)
+    chaos.add_argument("--kills", type=int, default=3, help="workers SIGKILLed per queue during the run")
+    chaos.add_argument("--workers", type=_positive, default=3, help="worker processes per queue (arq, RQ)")
+    chaos.add_argument("--seed", type=int, default=None)
+    chaos.add_argument("--adapters", default=None, help="the adapters/ folder of a checkout")
+    chaos.add_argument("--quiet", action="store_true")
+
     inspect = sub.add_parser("inspect", help="print a RedisLedger record")
     inspect.add_argument("key")
     inspect.add_argument("--redis", required=True, help="redis:// URL of the ledger")
@@ -88,6 +100,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
         )
         return 0
+    if args.command == "chaos":
+        from ._chaos import QUEUES, run_chaos, table
+
+        queues = tuple(q.strip() for q in args.queues.split(",") if q.strip())
+        unknown = set(queues) - set(QUEUES)
+        if unknown:
+            print(f"unknown queue(s) {sorted(unknown)}; known: {', '.join(QUEUES)}", file=sys.stderr)
+            return 2
+        reports = asyncio.run(run_chaos(
+            queues, jobs=args.jobs, dup_rate=args.dup_rate, kills=args.kills, workers=args.workers, seed=args.seed,
+            adapters=args.adapters, progress=not args.quiet,
+        ))
+        print(table(reports))
+        return 0 if all(not r.violations for r in reports) else 1
     if args.command == "inspect":
         from .ledger._redis import inspect_record
 

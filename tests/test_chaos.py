@@ -1,0 +1,51 @@
+"""The small chaos run (CI size): every queue, duplicates, faults, SIGKILLs and a Redis restart."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from idemsend._chaos import ChaosReport
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_chaos_small_run_sends_each_job_exactly_once() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "idemsend.cli", "chaos", "--jobs", "200", "--seed", "11", "--quiet"],
+        capture_output=True, text=True, timeout=900, cwd=ROOT,
+    )
+    print(out.stdout)
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in out.stdout.splitlines() if line.startswith("| ") and not line.startswith("| |")}
+    assert rows["provider sends"] == ["200", "200", "200"]
+    assert rows["double sends"] == ["0", "0", "0"]
+    assert rows["lost jobs"] == ["0", "0", "0"]
+    assert rows["verdict"] == ["OK", "OK", "OK"]
+    assert all(int(n) >= 1 for n in rows["workers SIGKILLed"]) and rows["Redis restarts"] == ["1", "1", "1"]
+    assert all(int(n) > 20 for n in rows["duplicates delivered"])
+
+
+def test_chaos_verdict_catches_violations() -> None:
+    keys = {f"k{i}" for i in range(5)}
+    clean = ChaosReport(queue="x", jobs=5, sent=5)
+    clean.check(Counter(dict.fromkeys(keys, 1)), keys)
+    assert clean.violations == []
+
+    doubled = ChaosReport(queue="x", jobs=5, sent=5)
+    doubled.check(Counter({**dict.fromkeys(keys, 1), "k0": 2}), keys)
+    assert any("double" in v for v in doubled.violations)
+
+    lost = ChaosReport(queue="x", jobs=5, sent=4, not_terminal=1)
+    lost.check(Counter({k: 1 for k in keys if k != "k4"}), keys)
+    assert any("never sent" in v for v in lost.violations) and any("not terminal" in v for v in lost.violations)
+
+    fatal = ChaosReport(queue="x", jobs=5, sent=4, fatal={"IDEMPOTENCY_MISMATCH": 1})
+    fatal.check(Counter({k: 1 for k in keys if k != "k4"}), keys)
+    assert fatal.violations == []  # a fatal job with its reason is terminal, not lost
