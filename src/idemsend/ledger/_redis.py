@@ -132,17 +132,39 @@ return 1
 
 
 class _Script:
-    __slots__ = ("sha", "text")
+    __slots__ = ("name", "sha", "text")
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, name: str, text: str) -> None:
+        self.name = name
         self.text = text
         self.sha = hashlib.sha1(text.encode()).hexdigest()
 
 
-_SCRIPTS = {name: _Script(text) for name, text in (
-    ("job", _JOB), ("claim", _CLAIM), ("claim_with_job", _CLAIM_WITH_JOB), ("complete", _COMPLETE), ("fail", _FAIL),
-    ("renew", _RENEW), ("release", _RELEASE),
-)}
+_OPS = (
+    ("job", _JOB), ("claim", _CLAIM), ("claim_with_job", _CLAIM_WITH_JOB), ("complete", _COMPLETE),
+    ("fail", _FAIL), ("renew", _RENEW), ("release", _RELEASE),
+)
+
+# Plain Redis: a whole batch is one EVALSHA of this script, which runs each operation
+# above as a function. One command and one reply per batch instead of one per operation:
+# redis-py's per-command packing and parsing was most of the ledger's CPU per send.
+# ARGV: count, then per operation: name, number of keys, number of args, args...
+_BATCH = "local ops = {}\n" + "".join(
+    f"ops['{name}'] = function(KEYS, ARGV)\n{text}\nend\n" for name, text in _OPS
+) + """
+local out, ki, ai = {}, 1, 2
+for i = 1, tonumber(ARGV[1]) do
+  local name, nk, na = ARGV[ai], tonumber(ARGV[ai + 1]), tonumber(ARGV[ai + 2])
+  ai = ai + 3
+  local k, a = {}, {}
+  for j = 1, nk do k[j] = KEYS[ki]; ki = ki + 1 end
+  for j = 1, na do a[j] = ARGV[ai]; ai = ai + 1 end
+  out[i] = ops[name](k, a)
+end
+return out
+"""
+
+_SCRIPTS = {name: _Script(name, text) for name, text in (*_OPS, ("batch", _BATCH))}
 
 
 def _s(value: Any) -> str:
@@ -161,8 +183,11 @@ class _Batcher:
     flight, and each new pipeline carries everything queued meanwhile. At low load a call
     goes out on the next loop turn; at high load one round trip serves hundreds of sends."""
 
-    def __init__(self, client: Any, *, max_batch: int = 512, max_pipelines: int = 2) -> None:
+    def __init__(
+        self, client: Any, *, max_batch: int = 512, max_pipelines: int = 2, one_call: bool = False
+    ) -> None:
         self.client = client
+        self.one_call = one_call  # plain Redis: a batch is one EVALSHA of _BATCH
         self.max_batch = max_batch
         self.max_pipelines = max_pipelines
         self._pending: list[_Op] = []
@@ -226,6 +251,21 @@ class _Batcher:
                 future.set_result(result)
 
     async def _execute(self, ops: list[_Op]) -> list[Any]:
+        if self.one_call:
+            batch_keys: list[Any] = []
+            argv: list[Any] = [len(ops)]
+            for script, key, args, _ in ops:
+                op_keys = key if isinstance(key, tuple) else (key,)
+                batch_keys.extend(op_keys)
+                argv.extend((script.name, len(op_keys), len(args)))
+                argv.extend(args)
+            try:
+                reply = await self.client.execute_command(
+                    "EVALSHA", _SCRIPTS["batch"].sha, len(batch_keys), *batch_keys, *argv
+                )
+            except NoScriptError as exc:
+                return [exc] * len(ops)
+            return list(reply)
         pipe = self.client.pipeline(transaction=False)
         for script, key, args, _ in ops:
             keys = key if isinstance(key, tuple) else (key,)
@@ -251,8 +291,8 @@ class RedisLedger:
         self.prefix = prefix
         self.retention = retention
         self._retention_ms = str(int(retention * 1000))
-        self._batch = _Batcher(client)
         self._cluster = isinstance(client, RedisCluster)
+        self._batch = _Batcher(client, one_call=not self._cluster)
         self._owns_client = False
 
     @classmethod
