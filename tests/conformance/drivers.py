@@ -244,6 +244,8 @@ class RQDriver(Driver):
     def command(self, index: int) -> tuple[list[str], Path]:
         return [
             sys.executable, "-m", "rq.cli", "worker", "--with-scheduler", "--worker-class", "rq.worker.SimpleWorker",
+            # restart a dead scheduler promptly (see docs/design-notes.md)
+            "--worker-ttl", "25", "--maintenance-interval", "5",
             "--url", self.queue_url, "--path", str(ADAPTERS / "rq_worker"), self.queue_name,
         ], ADAPTERS / "rq_worker"
 
@@ -285,7 +287,9 @@ class RQDriver(Driver):
 
     async def run(self, job_id: str, data: dict[str, Any], body: dict[str, Any]) -> Terminal:
         self.enqueue(job_id, data, body)
-        return await self.terminal(job_id)
+        # a killed worker may have held the scheduler lock: its retry waits for the lock to
+        # lapse (about a minute) before a new scheduler re-enqueues it
+        return await self.terminal(job_id, timeout=150)
 
     async def run_twice_at_once(self, job_id: str, data: dict[str, Any], body: dict[str, Any]) -> list[Terminal]:
         key = f"welcome:{data['user_id']}:{job_id}"
