@@ -23,7 +23,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from ._demo import Progress
 from .testing._mock import Faults, MockProvider
 from .testing._redis_server import RedisServer, free_port
 
-__all__ = ["ChaosReport", "find_adapters", "run_chaos"]
+__all__ = ["ChaosReport", "find_adapters", "run_chaos", "spawn_worker", "worker_command"]
 
 QUEUES = ("arq", "rq", "qstash")
 SIGNING, NEXT_SIGNING = "sig_chaos_current_" + "c" * 24, "sig_chaos_next_" + "n" * 24
@@ -105,6 +105,32 @@ def table(reports: list[ChaosReport]) -> str:
     return "\n".join(lines)
 
 
+def worker_command(queue: str, adapters: Path, env: Mapping[str, str], port: int = 0) -> tuple[list[str], Path]:
+    """The command that runs one worker of ``queue`` from the ``adapters/`` projects, as
+    their README says (settings come from ``env``), and the folder to run it in."""
+    if queue == "arq":
+        return [sys.executable, "-m", "arq", "worker.WorkerSettings"], adapters / "arq_worker"
+    if queue == "rq":
+        return [
+            sys.executable, "-m", "rq.cli", "worker", "--with-scheduler", "--worker-class",
+            "rq.worker.SimpleWorker", "--url", env["REDIS_URL"], "--path", str(adapters / "rq_worker"),
+            # RQ restarts its scheduler (which dies when Redis restarts) in its maintenance
+            # pass, and an idle worker only gets there when its blocking dequeue times out
+            # (worker TTL - 15 s, so 405 s by default): make both short.
+            "--maintenance-interval", "5", "--worker-ttl", "25", "--logging_level", "WARNING", env["RQ_QUEUE"],
+        ], adapters / "rq_worker"
+    return [sys.executable, "app.py", "--port", str(port)], adapters / "qstash_webhook"
+
+
+def spawn_worker(
+    queue: str, adapters: Path, env: Mapping[str, str], log: Path, port: int = 0
+) -> subprocess.Popen[bytes]:
+    args, cwd = worker_command(queue, adapters, env, port)
+    full_env = {**env, "PYTHONPATH": f"{cwd}{os.pathsep}{env.get('PYTHONPATH', '')}"}
+    with log.open("ab") as out:
+        return subprocess.Popen(args, cwd=cwd, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+
+
 class Supervisor:
     """Keeps ``count`` worker processes running; restarts any that exit."""
 
@@ -115,26 +141,8 @@ class Supervisor:
         self.log = Path(f"/tmp/idemsend-chaos-{queue}-{os.getpid()}.log")
         self._task: asyncio.Task[None] | None = None
 
-    def _command(self) -> tuple[list[str], Path]:
-        if self.queue == "arq":
-            return [sys.executable, "-m", "arq", "worker.WorkerSettings"], self.adapters / "arq_worker"
-        if self.queue == "rq":
-            return [
-                sys.executable, "-m", "rq.cli", "worker", "--with-scheduler", "--worker-class",
-                "rq.worker.SimpleWorker", "--url", self.env["REDIS_URL"], "--path", str(self.adapters / "rq_worker"),
-                # RQ restarts its scheduler (which dies when Redis restarts) in its maintenance
-                # pass, and an idle worker only gets there when its blocking dequeue times out
-                # (worker TTL - 15 s, so 405 s by default): make both short.
-                "--maintenance-interval", "5", "--worker-ttl", "25", "--logging_level", "WARNING",
-                self.env["RQ_QUEUE"],
-            ], self.adapters / "rq_worker"
-        return [sys.executable, "app.py", "--port", str(self.port)], self.adapters / "qstash_webhook"
-
     def _spawn(self) -> subprocess.Popen[bytes]:
-        args, cwd = self._command()
-        env = {**self.env, "PYTHONPATH": f"{cwd}{os.pathsep}{self.env.get('PYTHONPATH', '')}"}
-        with self.log.open("ab") as out:
-            return subprocess.Popen(args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        return spawn_worker(self.queue, self.adapters, self.env, self.log, self.port)
 
     async def start(self) -> None:
         self.procs = [self._spawn() for _ in range(self.count)]

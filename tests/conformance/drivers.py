@@ -12,7 +12,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from idemsend import RetryableError
+from idemsend._chaos import spawn_worker
 from idemsend.testing import MockProvider
 from idemsend.testing._redis_server import free_port
 
@@ -70,16 +70,12 @@ class Driver:
 
     # -- processes -----------------------------------------------------------------------
 
-    def command(self, index: int) -> tuple[list[str], Path]:
-        raise NotImplementedError
+    port = 0
 
     def spawn(self, index: int) -> subprocess.Popen[bytes]:
-        args, cwd = self.command(index)
         log = Path(f"/tmp/idemsend-{self.name}-{os.getpid()}-{index}.log")
         self.logs.append(log)
-        env = {**self.env, "PYTHONPATH": f"{cwd}{os.pathsep}{self.env.get('PYTHONPATH', '')}"}
-        with log.open("ab") as out:
-            return subprocess.Popen(args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        return spawn_worker(self.name, ADAPTERS, self.env, log, self.port)
 
     async def start(self) -> None:
         self.procs = [self.spawn(i) for i in range(self.workers_count)]
@@ -170,9 +166,6 @@ class ArqDriver(Driver):
         })
         self.pool: Any = None
 
-    def command(self, index: int) -> tuple[list[str], Path]:
-        return [sys.executable, "-m", "arq", "worker.WorkerSettings"], ADAPTERS / "arq_worker"
-
     async def start(self) -> None:
         from arq import create_pool
         from arq.connections import RedisSettings
@@ -238,16 +231,8 @@ class RQDriver(Driver):
     name = "rq"
 
     def __init__(self, provider: MockProvider, redis_url: str) -> None:
-        super().__init__(provider, redis_url, db=2, extra_env={"RQ_MAX_RETRIES": "5"})
         self.queue_name = f"conf-{uuid.uuid4().hex[:6]}"
-
-    def command(self, index: int) -> tuple[list[str], Path]:
-        return [
-            sys.executable, "-m", "rq.cli", "worker", "--with-scheduler", "--worker-class", "rq.worker.SimpleWorker",
-            # restart a dead scheduler promptly (see docs/design-notes.md)
-            "--worker-ttl", "25", "--maintenance-interval", "5",
-            "--url", self.queue_url, "--path", str(ADAPTERS / "rq_worker"), self.queue_name,
-        ], ADAPTERS / "rq_worker"
+        super().__init__(provider, redis_url, db=2, extra_env={"RQ_MAX_RETRIES": "5", "RQ_QUEUE": self.queue_name})
 
     def _queue(self) -> Any:
         from redis import Redis
@@ -322,9 +307,6 @@ class QStashDriver(Driver):
             "QSTASH_CURRENT_SIGNING_KEY": SIGNING_KEY, "QSTASH_NEXT_SIGNING_KEY": NEXT_SIGNING_KEY,
             "QSTASH_ENDPOINT_URL": self.endpoint,
         })
-
-    def command(self, index: int) -> tuple[list[str], Path]:
-        return [sys.executable, "app.py", "--port", str(self.port)], ADAPTERS / "qstash_webhook"
 
     async def ready(self) -> None:
         import aiohttp
