@@ -109,8 +109,9 @@ def end_to_end(url: str, redis: str, repeat: int, scale: float) -> list[dict[str
             ("qstash", "raw", 3000), ("qstash", "adapter", 3000)]
     runs: dict[tuple[str, str], list[float]] = {}
     bar = Progress(len(plan) * repeat, "end to end")
-    for _ in range(repeat):
-        for queue, variant, jobs in plan:
+    for rep in range(repeat):
+        # rotate the order each repeat, so no variant always runs first (or after the same one)
+        for queue, variant, jobs in plan[rep % len(plan):] + plan[: rep % len(plan)]:
             n = max(50, int(jobs * scale))
             result = child("e2e.py", queue, "--variant", variant, "--jobs", str(n), "--url", url, "--redis", redis)
             if result["completed"] != n:
@@ -229,7 +230,9 @@ def main() -> None:
         print("provider ceiling …", file=sys.stderr)
         results["provider_ceiling"] = provider_ceiling(url, max(2000, int(10000 * scale)))
         results["matrix"] = matrix(url, redis.url, concurrencies, repeat, scale)
-        results["end_to_end"] = [] if args.skip_e2e else end_to_end(url, redis.url, repeat, scale)
+        # end-to-end cells are noisier than the client matrix (whole workers): more repeats
+        e2e_repeat = repeat if args.quick else max(repeat, 5)
+        results["end_to_end"] = [] if args.skip_e2e else end_to_end(url, redis.url, e2e_repeat, scale)
     finally:
         provider.terminate()
         redis.cleanup()
