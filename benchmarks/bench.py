@@ -143,7 +143,8 @@ def markdown(results: dict[str, Any]) -> str:
         at = m[v].get("100") or m[v][str(cs[-1])]
         lines.append(f"| {LABELS[v]} | {cells} | {at['p50_ms']:.1f} / {at['p99_ms']:.1f} | "
                      f"{at['cpu_s_per_1000']:.3f} | {max(m[v][str(c)]['peak_rss_mb'] for c in cs):.0f} |")
-    lines += ["", "End to end (jobs/s; × the plain job doing the same keyed POST):", "",
+    lines += ["", f"End to end (jobs/s, median of {results.get('e2e_repeat', results['repeat'])} runs;"
+              " × the plain job doing the same keyed POST):", "",
               "| queue | plain job | idemsend adapter | adapter + RedisLedger |", "|---|---|---|---|"]
     by = {(r["queue"], r["variant"]): r for r in results["end_to_end"]}
     for q in ("arq", "rq", "qstash"):
@@ -232,6 +233,7 @@ def main() -> None:
         results["matrix"] = matrix(url, redis.url, concurrencies, repeat, scale)
         # end-to-end cells are noisier than the client matrix (whole workers): more repeats
         e2e_repeat = repeat if args.quick else max(repeat, 5)
+        results["e2e_repeat"] = e2e_repeat
         results["end_to_end"] = [] if args.skip_e2e else end_to_end(url, redis.url, e2e_repeat, scale)
     finally:
         provider.terminate()

@@ -160,3 +160,21 @@ async def test_asgi_app_verifies_and_sends(webhook: Webhook) -> None:
 def test_handler_repr_hides_keys() -> None:
     handler = QStashHandler(lambda: None, current_signing_key=CURRENT, next_signing_key=NEXT)  # type: ignore[arg-type,return-value]
     assert CURRENT not in repr(handler) and NEXT not in repr(handler)
+
+
+async def test_a_body_in_many_tcp_segments_is_read_whole() -> None:
+    async with MockProvider() as provider:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}/hook"
+        engine = Engine(provider.emails_url, key="welcome:{user_id}:{job_id}", api_key=provider.api_key)
+        handler = QStashHandler(lambda: engine, current_signing_key=CURRENT, next_signing_key=NEXT, url=url)
+        runner = web.AppRunner(handler.aiohttp_app("/hook"))
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            big = {"data": {"user_id": "u1"}, "body": {"html": "x" * 600_000}}
+            d = await QStashDeliverer(url, signing_key=CURRENT, retries=0).deliver(big, message_id="msg_big_ok")
+        finally:
+            await runner.cleanup()
+    assert d.last.status == 200, d.last.body
+    assert provider.sends == 1

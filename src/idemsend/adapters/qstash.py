@@ -171,8 +171,17 @@ class QStashHandler:
         if request.content_length is not None and request.content_length > self.max_body:
             status, headers, body = _error(413, "BODY_TOO_LARGE", f"the body is over {self.max_body} bytes")
             return web.Response(status=status, headers=headers, body=body)
-        raw = await request.content.read(self.max_body + 1)
-        status, headers, body = await self.handle(raw, request.headers, str(request.url))
+        # Read to the end (one read() returns only what has arrived so far), stopping as
+        # soon as the body is over the limit.
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > self.max_body:
+                status, headers, body = _error(413, "BODY_TOO_LARGE", f"the body is over {self.max_body} bytes")
+                return web.Response(status=status, headers=headers, body=body)
+            chunks.append(chunk)
+        status, headers, body = await self.handle(b"".join(chunks), request.headers, str(request.url))
         return web.Response(status=status, headers=headers, body=body)
 
     def aiohttp_app(self, path: str = "/") -> web.Application:
