@@ -145,8 +145,7 @@ async def run_demo(
                 if rng.random() < 0.5:
                     queue.put_nowait(job)  # right behind: the two run at the same moment
                 else:
-                    later = asyncio.get_running_loop().call_later(rng.uniform(0, 1.0), queue.put_nowait, job)
-                    del later
+                    asyncio.get_running_loop().call_later(rng.uniform(0, 1.0), queue.put_nowait, job)
 
         async def redeliver(job: Job, after: float) -> None:
             await asyncio.sleep(min(after, 0.5))

@@ -7,6 +7,7 @@ construction.
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from ._errors import ConfigError, KeyDerivationError
 __all__ = ["DEFAULT_MAX_KEY_LENGTH", "Job", "KeyDeriver", "Template", "validate_key"]
 
 DEFAULT_MAX_KEY_LENGTH = 255
+_VISIBLE_ASCII = re.compile(r"[!-~]+")
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 # Placeholders that change on every retry: a template using them would make a new key
 # per attempt and defeat the whole point (the contract's first two gotchas).
@@ -112,9 +114,9 @@ def validate_key(key: object, *, max_length: int = DEFAULT_MAX_KEY_LENGTH) -> st
             f"the derived key is {len(key)} characters, over the limit of {max_length}: {key[:40]!r}…",
             key=key[:max_length],
         )
-    for pos, ch in enumerate(key):
-        if not "!" <= ch <= "~":
-            raise KeyDerivationError(
-                f"the derived key has a character that is not visible ASCII ({ch!r} at {pos}): {key!r}"
-            )
+    if _VISIBLE_ASCII.fullmatch(key) is None:
+        pos, ch = next((i, c) for i, c in enumerate(key) if not "!" <= c <= "~")
+        raise KeyDerivationError(
+            f"the derived key has a character that is not visible ASCII ({ch!r} at {pos}): {key!r}"
+        )
     return key

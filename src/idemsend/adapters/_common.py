@@ -11,10 +11,18 @@ from .._engine import Engine
 from .._errors import ConfigError, RetryableError
 from .._result import SendResult
 
-__all__ = ["EngineFactory", "default_retry_delay", "engine_from_env", "result_dict", "whole_seconds"]
+__all__ = ["EngineFactory", "build_engine", "default_retry_delay", "engine_from_env", "result_dict", "whole_seconds"]
 
 #: Builds the one Engine a worker process shares between its jobs.
 EngineFactory = Callable[[], Engine]
+
+
+def build_engine(factory: EngineFactory) -> Engine:
+    """Call an adapter's engine factory and check that it made an Engine."""
+    engine = factory()
+    if not isinstance(engine, Engine):
+        raise ConfigError(f"the engine factory returned {engine!r}, not an idemsend.Engine")
+    return engine
 
 
 def result_dict(result: SendResult) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from typing import Any
 from .._engine import Engine
 from .._errors import ConfigError, MissingExtraError, RetryableError
 from .._keys import Job
-from ._common import EngineFactory, default_retry_delay, result_dict
+from ._common import EngineFactory, build_engine, default_retry_delay, result_dict
 
 try:
     from arq import Retry
@@ -53,10 +53,7 @@ class ArqAdapter:
         self.retry_base = retry_base
 
     async def on_startup(self, ctx: dict[str, Any]) -> None:
-        engine = self.engine_factory()
-        if not isinstance(engine, Engine):
-            raise ConfigError(f"the engine factory returned {engine!r}, not an idemsend.Engine")
-        ctx[CTX_ENGINE] = await engine.start()
+        ctx[CTX_ENGINE] = await build_engine(self.engine_factory).start()
 
     async def on_shutdown(self, ctx: dict[str, Any]) -> None:
         engine = ctx.pop(CTX_ENGINE, None)

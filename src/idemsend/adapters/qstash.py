@@ -36,7 +36,7 @@ from typing import Any
 from .._engine import Engine
 from .._errors import ConfigError, FatalError, MissingExtraError, RetryableError
 from .._keys import Job
-from ._common import result_dict, whole_seconds
+from ._common import build_engine, result_dict, whole_seconds
 
 try:
     from aiohttp import web
@@ -72,6 +72,10 @@ def _json(status: int, payload: Any, headers: Mapping[str, str] | None = None) -
 
 def _error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> Response:
     return _json(status, {"error": {"code": code, "message": message}}, headers)
+
+
+def _too_large(max_body: int) -> Response:
+    return _error(413, "BODY_TOO_LARGE", f"the body is over {max_body} bytes")
 
 
 def _non_retryable(code: str, message: str) -> Response:
@@ -112,10 +116,7 @@ class QStashHandler:
         if self._engine is None:
             factory = self._engine_or_factory
             assert callable(factory)
-            made = factory()
-            if not isinstance(made, Engine):
-                raise ConfigError(f"the engine factory returned {made!r}, not an idemsend.Engine")
-            self._engine = await made.start()
+            self._engine = await build_engine(factory).start()
         return self._engine
 
     async def aclose(self) -> None:
@@ -142,7 +143,7 @@ class QStashHandler:
 
     async def handle(self, raw_body: bytes, headers: Mapping[str, str], url: str) -> Response:
         if len(raw_body) > self.max_body:
-            return _error(413, "BODY_TOO_LARGE", f"the body is over {self.max_body} bytes")
+            return _too_large(self.max_body)
         rejected = self.verify(raw_body, headers, url)
         if rejected is not None:
             return rejected
@@ -169,7 +170,7 @@ class QStashHandler:
     async def aiohttp_handler(self, request: web.Request) -> web.StreamResponse:
         """An aiohttp route handler."""
         if request.content_length is not None and request.content_length > self.max_body:
-            status, headers, body = _error(413, "BODY_TOO_LARGE", f"the body is over {self.max_body} bytes")
+            status, headers, body = _too_large(self.max_body)
             return web.Response(status=status, headers=headers, body=body)
         # Read to the end (one read() returns only what has arrived so far), stopping as
         # soon as the body is over the limit.
@@ -178,7 +179,7 @@ class QStashHandler:
         async for chunk in request.content.iter_chunked(64 * 1024):
             size += len(chunk)
             if size > self.max_body:
-                status, headers, body = _error(413, "BODY_TOO_LARGE", f"the body is over {self.max_body} bytes")
+                status, headers, body = _too_large(self.max_body)
                 return web.Response(status=status, headers=headers, body=body)
             chunks.append(chunk)
         status, headers, body = await self.handle(b"".join(chunks), request.headers, str(request.url))
@@ -227,7 +228,7 @@ class QStashHandler:
                     if not message.get("more_body"):
                         break
                 if too_large:
-                    status, out_headers, body = _error(413, "BODY_TOO_LARGE", f"the body is over {self.max_body} bytes")
+                    status, out_headers, body = _too_large(self.max_body)
                 else:
                     status, out_headers, body = await self.handle(b"".join(chunks), headers, _asgi_url(scope, headers))
             await send({

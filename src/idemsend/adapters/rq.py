@@ -39,7 +39,7 @@ from typing import Any
 from .._engine import Engine
 from .._errors import ConfigError, FatalError, MissingExtraError, RetryableError
 from .._keys import Job
-from ._common import EngineFactory, default_retry_delay, result_dict, whole_seconds
+from ._common import EngineFactory, build_engine, default_retry_delay, result_dict, whole_seconds
 
 try:
     import anyio.from_thread
@@ -77,10 +77,7 @@ class RQAdapter:
                 # thread from its parent, so the pid decides).
                 self._portal_cm = anyio.from_thread.start_blocking_portal("asyncio")
                 self._portal = self._portal_cm.__enter__()
-                engine = self.engine_factory()
-                if not isinstance(engine, Engine):
-                    raise ConfigError(f"the engine factory returned {engine!r}, not an idemsend.Engine")
-                self._engine = self._portal.call(engine.start)
+                self._engine = self._portal.call(build_engine(self.engine_factory).start)
                 self._pid = os.getpid()
                 atexit.register(self.close)
             return self._portal, self._engine

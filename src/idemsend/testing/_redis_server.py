@@ -73,7 +73,25 @@ def _ping(port: int, timeout: float = 0.2) -> bool:
         return False
 
 
-class RedisServer:
+class _Throwaway:
+    """``with`` starts the server(s) and cleans up after."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def cleanup(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.cleanup()
+
+
+class RedisServer(_Throwaway):
     """A redis-server subprocess. ``stop()`` and ``start()`` again keep the same port
     and data directory, so a test can restart Redis (with ``appendonly=True`` nothing
     acknowledged is lost across the restart)."""
@@ -133,14 +151,6 @@ class RedisServer:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.cleanup()
-
 
 def redis_url_or_start() -> tuple[str, RedisServer | None]:
     """``$REDIS_URL`` if set, else a fresh throwaway server (returned, for cleanup)."""
@@ -151,7 +161,7 @@ def redis_url_or_start() -> tuple[str, RedisServer | None]:
     return server.url, server
 
 
-class RedisClusterServers:
+class RedisClusterServers(_Throwaway):
     """A throwaway Redis Cluster of ``nodes`` primaries on loopback ports (no replicas)."""
 
     def __init__(self, nodes: int = 3) -> None:
@@ -190,11 +200,3 @@ class RedisClusterServers:
     def cleanup(self) -> None:
         for server in self.servers:
             server.cleanup()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.cleanup()
