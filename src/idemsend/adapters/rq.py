@@ -17,8 +17,11 @@ worker process** (an anyio blocking portal in a thread), so with ``SimpleWorker`
 job shares one Engine and its pooled connections. The default forking ``Worker`` runs
 each job in a fresh child process: still correct, one Engine per job.
 
-The job id is ``job.id``. ``RetryableError`` returns ``rq.Retry(max, interval=retry_after)``
-(RQ re-enqueues it through its scheduler: run ``rq worker --with-scheduler``). On the last
+The job id is ``job.id``. ``RetryableError`` returns ``rq.Retry(max, interval=…)`` with the
+provider's ``Retry-After`` (RQ re-enqueues it through its scheduler: run ``rq worker
+--with-scheduler``). RQ scores a scheduled job in whole seconds and drops the fraction
+(``calendar.timegm(dt.utctimetuple())``), so the interval is rounded up past the next whole
+second (see :func:`rq_interval`): the retry never runs before the provider said it may. On the last
 retry the error is raised, so the FailedJobRegistry holds the real reason. ``FatalError``
 goes to the FailedJobRegistry with retries switched off for the job. The outcome is also
 written to ``job.meta["idemsend"]`` for dashboards and tests.
@@ -30,8 +33,10 @@ abandoned job) when the job has retries left.
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import threading
+import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import Any
@@ -39,7 +44,7 @@ from typing import Any
 from .._engine import Engine
 from .._errors import ConfigError, FatalError, MissingExtraError, RetryableError
 from .._keys import Job
-from ._common import EngineFactory, build_engine, default_retry_delay, result_dict, whole_seconds
+from ._common import EngineFactory, build_engine, default_retry_delay, result_dict
 
 try:
     import anyio.from_thread
@@ -48,7 +53,20 @@ try:
 except ImportError as exc:
     raise MissingExtraError("rq", "rq") from exc
 
-__all__ = ["RQAdapter"]
+__all__ = ["RQAdapter", "rq_interval"]
+
+
+def rq_interval(delay: float, now: float | None = None) -> int:
+    """The ``Retry(interval=)`` that makes RQ run a retry no earlier than ``delay`` from ``now``.
+
+    RQ schedules at ``now + interval`` and stores that time with the fraction of a second
+    dropped, so a plain ``ceil(delay)`` can come back up to a second early. Adding the
+    current fraction before rounding up keeps the stored second at or after ``now + delay``.
+    """
+    if delay <= 0:
+        return 0
+    now = time.time() if now is None else now
+    return math.ceil(delay + (now - math.floor(now)))
 
 
 class RQAdapter:
@@ -108,7 +126,7 @@ class RQAdapter:
             if attempt > self.max_retries:
                 job.retries_left = 0
                 raise  # the last try: the FailedJobRegistry keeps this reason
-            delay = whole_seconds(default_retry_delay(exc, attempt, base=self.retry_base))
+            delay = rq_interval(default_retry_delay(exc, attempt, base=self.retry_base))
             return Retry(max=self.max_retries, interval=delay)
         except FatalError as exc:
             self._meta(job, {"state": "fatal", "code": exc.code, "message": str(exc), "attempt": attempt})
