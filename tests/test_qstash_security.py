@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from idemsend import Engine
+from idemsend import ConfigError, Engine, Job
 from idemsend.adapters.qstash import QStashHandler
 from idemsend.testing import MockProvider
 from idemsend.testing._redis_server import free_port
@@ -178,3 +178,44 @@ async def test_a_body_in_many_tcp_segments_is_read_whole() -> None:
             await runner.cleanup()
     assert d.last.status == 200, d.last.body
     assert provider.sends == 1
+
+
+async def test_aiohttp_app_fails_at_startup_on_a_bad_engine_factory() -> None:
+    handler = QStashHandler(lambda: "not an engine", current_signing_key=CURRENT, next_signing_key=NEXT)  # type: ignore[arg-type,return-value]
+    runner = web.AppRunner(handler.aiohttp_app("/hook"))
+    with pytest.raises(ConfigError, match=r"not an idemsend\.Engine"):
+        await runner.setup()
+    await runner.cleanup()
+
+
+async def test_asgi_lifespan_starts_the_engine_or_reports_why_not() -> None:
+    async def lifespan(handler: QStashHandler) -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+        incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+
+        async def receive() -> dict[str, Any]:
+            return incoming.pop(0)
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await handler.asgi_app()({"type": "lifespan"}, receive, send)
+        return sent
+
+    bad = QStashHandler(lambda: "not an engine", current_signing_key=CURRENT, next_signing_key=NEXT)  # type: ignore[arg-type,return-value]
+    sent = await lifespan(bad)
+    assert [m["type"] for m in sent] == ["lifespan.startup.failed"]
+    assert "not an idemsend.Engine" in sent[0]["message"]
+
+    made: list[Engine] = []
+
+    def factory() -> Engine:
+        made.append(Engine("http://127.0.0.1:9/api/v1/emails", key="k:{job_id}", api_key="x"))
+        return made[-1]
+
+    good = QStashHandler(factory, current_signing_key=CURRENT, next_signing_key=NEXT)
+    sent = await lifespan(good)
+    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert len(made) == 1  # started at startup, closed at shutdown
+    with pytest.raises(ConfigError, match="not started"):
+        await made[0].send(Job("j1"), {"to": ["a@example.com"]})

@@ -186,13 +186,19 @@ class QStashHandler:
         return web.Response(status=status, headers=headers, body=body)
 
     def aiohttp_app(self, path: str = "/") -> web.Application:
-        """A whole aiohttp app serving the handler at ``path``; it closes a factory-made engine."""
+        """A whole aiohttp app serving the handler at ``path``: it starts the engine when the
+        app starts (so a bad configuration fails at boot, not on the first message) and
+        closes a factory-made engine when it stops."""
         app = web.Application(client_max_size=self.max_body + 1)
         app.router.add_post(path, self.aiohttp_handler)
+
+        async def start(_app: web.Application) -> None:
+            await self.engine()
 
         async def close(_app: web.Application) -> None:
             await self.aclose()
 
+        app.on_startup.append(start)
         app.on_cleanup.append(close)
         return app
 
@@ -204,6 +210,11 @@ class QStashHandler:
                 while True:
                     message = await receive()
                     if message["type"] == "lifespan.startup":
+                        try:
+                            await self.engine()
+                        except Exception as exc:  # the server reports it and does not start
+                            await send({"type": "lifespan.startup.failed", "message": f"idemsend: {exc}"})
+                            return
                         await send({"type": "lifespan.startup.complete"})
                     elif message["type"] == "lifespan.shutdown":
                         await self.aclose()
