@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -147,26 +148,23 @@ def markdown(results: dict[str, Any]) -> str:
         at = m[v].get("100") or m[v][str(cs[-1])]
         lines.append(f"| {LABELS[v]} | {cells} | {at['p50_ms']:.1f} / {at['p99_ms']:.1f} | "
                      f"{at['cpu_s_per_1000']:.3f} | {max(m[v][str(c)]['peak_rss_mb'] for c in cs):.0f} |")
-    lines += ["", f"End to end (jobs/s, median of {results.get('e2e_repeat', results['repeat'])} runs;"
-              " × the plain job doing the same keyed POST):", "",
-              "| queue | plain job | idemsend adapter | adapter + RedisLedger |", "|---|---|---|---|"]
     by = {(r["queue"], r["variant"]): r for r in results["end_to_end"]}
-    for q in ("arq", "rq", "qstash"):
-        cells = []
-        for variant in ("raw", "adapter", "ledger"):
-            r = by.get((q, variant))
-            cells.append("—" if r is None else f"{r['jobs_per_s']:,.0f} ({r['ratio_to_raw']:.2f}×)")
-        lines.append(f"| {q} | " + " | ".join(cells) + " |")
-    if all("cpu_s_per_1000" in r for r in results["end_to_end"]):
-        lines += ["", "Worker CPU seconds per 1,000 jobs, same runs (the queue worker's process, or the webhook"
-                  " server's; less sensitive than jobs/s to what else the machine is running):", "",
-                  "| queue | plain job | idemsend adapter | adapter + RedisLedger |", "|---|---|---|---|"]
+
+    def e2e_table(caption: str, cell: Callable[[dict[str, Any]], str]) -> list[str]:
+        rows = ["", caption, "", "| queue | plain job | idemsend adapter | adapter + RedisLedger |",
+                "|---|---|---|---|"]
         for q in ("arq", "rq", "qstash"):
-            cells = []
-            for variant in ("raw", "adapter", "ledger"):
-                r = by.get((q, variant))
-                cells.append("—" if r is None else f"{r['cpu_s_per_1000']:.3f} ({r['cpu_ratio_to_raw']:.2f}×)")
-            lines.append(f"| {q} | " + " | ".join(cells) + " |")
+            cells = ["—" if by.get((q, v)) is None else cell(by[(q, v)]) for v in ("raw", "adapter", "ledger")]
+            rows.append(f"| {q} | " + " | ".join(cells) + " |")
+        return rows
+
+    lines += e2e_table(f"End to end (jobs/s, median of {results.get('e2e_repeat', results['repeat'])} runs;"
+                       " × the plain job doing the same keyed POST):",
+                       lambda r: f"{r['jobs_per_s']:,.0f} ({r['ratio_to_raw']:.2f}×)")
+    if all("cpu_s_per_1000" in r for r in results["end_to_end"]):
+        lines += e2e_table("Worker CPU seconds per 1,000 jobs, same runs (the queue worker's process, or the"
+                           " webhook server's):",
+                           lambda r: f"{r['cpu_s_per_1000']:.3f} ({r['cpu_ratio_to_raw']:.2f}×)")
     s = results.get("scale")
     if s:
         lines += ["", f"Scale: {s['in_flight_sends']:,} sends in flight in one process (provider saw "
