@@ -26,10 +26,11 @@ DELAYS = [0.2, 1.0, 1.5, 2.0, 30.0]
 def registry(redis_url: str) -> Iterator[tuple[Queue, ScheduledJobRegistry]]:
     conn = redis.Redis.from_url(redis_url)
     queue = Queue(f"rq-interval-{uuid.uuid4().hex}", connection=conn)
+    scheduled = ScheduledJobRegistry(queue=queue)
     try:
-        yield queue, ScheduledJobRegistry(queue=queue)
+        yield queue, scheduled
     finally:
-        conn.delete(ScheduledJobRegistry(queue=queue).key)
+        conn.delete(scheduled.key)
         conn.close()
 
 
