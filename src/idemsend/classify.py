@@ -1,6 +1,12 @@
-"""Result classifiers and the outcome model (see ``idemsend._classify``)."""
+"""Result classifiers and the outcome model (see ``idemsend._classify``).
+
+``Sent | InFlight | Retry | Fatal`` and the presets ``Sendoka``, ``IETFDraft``, ``Stripe``
+and ``Resend``; ``docs/providers.md`` lists what each maps to what, with its sources.
+``MAX_RETRY_AFTER`` is the longest delay idemsend will take from a provider.
+"""
 
 from ._classify import (
+    MAX_RETRY_AFTER,
     MISMATCH,
     Fatal,
     HTTPResponse,
@@ -17,6 +23,7 @@ from ._classify import (
 )
 
 __all__ = [
+    "MAX_RETRY_AFTER",
     "MISMATCH",
     "Fatal",
     "HTTPResponse",
