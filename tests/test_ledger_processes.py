@@ -144,3 +144,57 @@ async def test_redis_stopped_mid_run_fails_closed_and_loses_nothing() -> None:
             await check.aclose()
     finally:
         server.cleanup()
+
+
+async def test_redis_restarted_without_persistence_mid_send_keeps_the_send_recorded() -> None:
+    """Redis restarts empty while a send is at the provider: the completion finds no
+    record, writes the done record anew ("recreated"), and a replay after the provider's
+    window is answered from the ledger instead of being sent again."""
+    server = RedisServer().start()  # no AOF, no RDB: a restart forgets everything
+    now = [time.time()]
+    job, body, key = Job("j1", {"user_id": "u1"}), {"to": ["ada@example.com"]}, "welcome:u1:j1"
+    try:
+        async with MockProvider(clock=lambda: now[0]) as p:
+            p.delay(key, 1.0)
+            ledger = RedisLedger.from_url(server.url, socket_timeout=2)
+            async with Engine(
+                p.emails_url, key="welcome:{user_id}:{job_id}", api_key=p.api_key, ledger=ledger, lease=5.0,
+            ) as e:
+                task = asyncio.ensure_future(e.send(job, body))
+                deadline = time.monotonic() + 10
+                while p.stats.requests < 1:  # claimed, and the POST is at the provider
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.01)
+                server.stop()
+                server.start()  # same port, nothing kept
+                sent = await task
+                record = await ledger.get(key)
+                assert record is not None and record.state == "done" and record.response is not None
+                assert record.response["id"] == sent.id
+                now[0] += 25 * 3600  # the provider has forgotten the key
+                again = await e.send(job, body)
+            assert again.from_ledger and again.id == sent.id
+            assert p.sends == 1 and not p.double_sends()
+    finally:
+        server.cleanup()
+
+
+async def test_settle_answers_after_a_restart_without_persistence() -> None:
+    """After the store lost a record: complete recreates it, the others say "missing"."""
+    server = RedisServer().start()
+    try:
+        ledger = RedisLedger.from_url(server.url, socket_timeout=2)
+        for key in ("a", "b"):
+            await ledger.claim(key, f"job-{key}", b"{}", "fp", "tok", 30)
+        server.stop()
+        server.start()
+        assert await ledger.renew("a", "tok", 30) == "missing"  # the scripts are loaded again too
+        assert await ledger.release("a", "tok") == "missing"
+        assert await ledger.fail("a", "tok", "X", "y") == "missing"
+        assert await ledger.get("a") is None
+        assert await ledger.complete("b", "tok", {"id": "em_1"}) == "recreated"
+        record = await ledger.get("b")
+        assert record is not None and record.state == "done" and record.response == {"id": "em_1"}
+        await ledger.aclose()
+    finally:
+        server.cleanup()

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._base import (
     DEFAULT_LEASE,
+    DEFAULT_PROVIDER_WINDOW,
     DEFAULT_RETENTION,
     Busy,
     Claimed,
@@ -19,6 +20,7 @@ from ._base import (
     Ledger,
     LedgerRecord,
     LedgerUnavailableError,
+    SettleResult,
     Unstable,
 )
 from ._memory import MemoryLedger
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_LEASE",
+    "DEFAULT_PROVIDER_WINDOW",
     "DEFAULT_RETENTION",
     "Busy",
     "ClaimResult",
@@ -40,6 +43,7 @@ __all__ = [
     "LedgerUnavailableError",
     "MemoryLedger",
     "RedisLedger",
+    "SettleResult",
     "Unstable",
 ]
 

@@ -1,22 +1,28 @@
-"""The Ledger protocol and the answers a claim can get.
+"""The Ledger protocol and the answers a claim (and a settlement) can get.
 
 A ledger record moves ``in_flight(token, lease) -> done(response) | fatal(code)``.
 Every transition is checked against the claim token, so a worker whose lease ran out
 cannot overwrite a record that another worker now owns.
 
-``release`` does not forget a record: it drops the lease and keeps the frozen body
-and the first-sent time, because the send it guarded may have reached the provider
-(an unknown outcome). The next claim resumes it with the same key and the same bytes.
+``release`` does not forget a record unless asked to (``forget=True``): it drops the
+lease and keeps the frozen body and the first-sent time, because the send it guarded
+may have reached the provider (an unknown outcome). The next claim resumes it with the
+same key and the same bytes.
+
+Times: ``first_sent_at`` and ``age`` come from the ledger's own clock (Redis ``TIME``,
+``MemoryLedger.clock``), never from the calling worker's, so a worker whose clock is
+off cannot misjudge how old an unfinished send is.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = [
     "DEFAULT_LEASE",
+    "DEFAULT_PROVIDER_WINDOW",
     "DEFAULT_RETENTION",
     "Busy",
     "ClaimResult",
@@ -27,11 +33,26 @@ __all__ = [
     "Ledger",
     "LedgerRecord",
     "LedgerUnavailableError",
+    "SettleResult",
     "Unstable",
 ]
 
 DEFAULT_RETENTION = 7 * 24 * 3600.0
 DEFAULT_LEASE = 30.0
+#: How long a provider keeps an idempotency key (Stripe, Resend...: 24 h).
+DEFAULT_PROVIDER_WINDOW = 24 * 3600.0
+
+#: What ``complete``, ``fail``, ``renew`` and ``release`` answer:
+#:
+#: * ``"ok"``: done; the record was in flight under this token.
+#: * ``"recreated"`` (``complete`` only): there was no record (the store lost it), so the
+#:   done record was written anew.
+#: * ``"missing"``: there is no record at all: the store lost it (a restart without
+#:   persistence, an eviction) or it outlived its retention. Nothing was written.
+#: * ``"superseded"``: the record exists but is not in flight under this token: another
+#:   worker claimed it after this token's lease ran out, or it is already done or fatal.
+#:   Nothing was written.
+SettleResult = Literal["ok", "recreated", "missing", "superseded"]
 
 
 class LedgerUnavailableError(Exception):
@@ -41,19 +62,31 @@ class LedgerUnavailableError(Exception):
 @dataclass(frozen=True, slots=True)
 class Claimed:
     """This worker owns the send. ``payload`` is the frozen body to send (the first
-    claim's bytes); ``fresh`` is false when an earlier, unfinished attempt is resumed."""
+    claim's bytes); ``fresh`` is false when an earlier, unfinished attempt is resumed.
+
+    ``first_sent_at`` is when the first claim was made (Unix seconds, the ledger's
+    clock); ``age`` is how long ago that was, measured on the ledger's own clock (Redis
+    ``TIME``, ``MemoryLedger.clock``) and never below 0. Decide staleness with ``age``,
+    not with this worker's ``time.time() - first_sent_at``: a worker whose clock is hours
+    off would otherwise resend an unknown outcome after the provider forgot the key."""
 
     fresh: bool
     payload: bytes
     fingerprint: str
     first_sent_at: float
+    age: float
 
 
 @dataclass(frozen=True, slots=True)
 class Done:
-    """The send completed earlier; ``response`` is what ``complete`` recorded."""
+    """The send completed earlier; ``response`` is what ``complete`` recorded.
+
+    ``fingerprint`` is the fingerprint of the body that was actually sent (the frozen
+    first body), which may differ from this claim's. It is ``""`` when unknown: a done
+    record that ``complete`` had to write anew after the store lost the original."""
 
     response: Mapping[str, Any]
+    fingerprint: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,20 +136,101 @@ class LedgerRecord:
 
 @runtime_checkable
 class Ledger(Protocol):
-    """Where completed and unfinished sends are recorded, shared by the workers."""
+    """Where completed and unfinished sends are recorded, shared by the workers.
+
+    For every method: when the store cannot be reached (or answers with an error),
+    ``LedgerUnavailableError`` is raised, and no other exception escapes for a store
+    failure. A call that raised may or may not have taken effect.
+    """
+
+    async def start(self) -> None:
+        """Check once that the store is fit to be a ledger; ``Engine.start()`` calls it.
+
+        A second call does nothing once a check has completed. Raises
+        ``idemsend.ConfigError`` when the store would silently lose records (e.g. a Redis
+        that evicts keys, unless the ledger was made with ``allow_eviction=True``) and
+        logs a WARNING (logger ``idemsend.ledger``) for lesser risks (no persistence, or a
+        server that could not be checked). Raises ``LedgerUnavailableError`` when the
+        store cannot be reached; nothing has been checked then, and ``start`` may be
+        called again."""
+        ...
 
     async def claim(
         self, key: str, job_id: str, payload: bytes, fingerprint: str, token: str, lease: float
-    ) -> ClaimResult: ...
+    ) -> ClaimResult:
+        """Take the send of ``key`` for ``job_id``, holding it ``lease`` seconds under ``token``.
 
-    async def complete(self, key: str, token: str, response: Mapping[str, Any]) -> bool: ...
+        Answers:
 
-    async def fail(self, key: str, token: str, code: str, message: str) -> bool: ...
+        * ``Claimed(fresh=True, ...)``: no record existed; one is made in flight with this
+          ``payload`` frozen, ``age`` 0.
+        * ``Claimed(fresh=False, ...)``: an unfinished attempt (its lease ran out or was
+          released) is resumed: send the *frozen* ``payload``; ``age`` is on the ledger's clock.
+        * ``Done(response, fingerprint)``: the send completed earlier; do not send.
+        * ``Failed(code, message)``: the send ended fatally earlier; do not send.
+        * ``Busy(retry_after)``: another token holds a live lease.
+        * ``Unstable(recorded_key)``: this job id was first recorded with another key;
+          nothing is left claimed.
+        * ``Conflict(recorded_fingerprint)``: the key is recorded for another job with a
+          different body.
 
-    async def renew(self, key: str, token: str, lease: float) -> bool: ...
+        Store failures raise ``LedgerUnavailableError`` (only that)."""
+        ...
 
-    async def release(self, key: str, token: str) -> bool: ...
+    async def complete(self, key: str, token: str, response: Mapping[str, Any]) -> SettleResult:
+        """Record that the send succeeded with ``response`` (JSON-serialisable).
 
-    async def get(self, key: str) -> LedgerRecord | None: ...
+        Answers ``"ok"`` (was in flight under ``token``; now done), ``"recreated"`` (there
+        was no record: the store lost it; a done record is written anyway, with this
+        response and an unknown fingerprint and job id, because the send did happen and
+        only a done record prevents a double send after the provider's window) or
+        ``"superseded"`` (the record is in flight under another token, or already done or
+        fatal; it is left untouched). Store failures raise ``LedgerUnavailableError`` (only that)."""
+        ...
 
-    async def aclose(self) -> None: ...
+    async def fail(self, key: str, token: str, code: str, message: str) -> SettleResult:
+        """Record a fatal outcome (never retried; ``Failed`` to every later claim).
+
+        Answers ``"ok"`` (now fatal), ``"missing"`` (no record at all; nothing is written)
+        or ``"superseded"`` (in flight under another token, or already done/fatal; left
+        untouched). Store failures raise ``LedgerUnavailableError`` (only that)."""
+        ...
+
+    async def renew(self, key: str, token: str, lease: float) -> SettleResult:
+        """Extend this token's lease to ``lease`` seconds from now (the ledger's clock).
+
+        Answers ``"ok"``, ``"missing"`` (no record; nothing is written) or
+        ``"superseded"`` (another token holds it, or it is done/fatal; untouched).
+        Store failures raise ``LedgerUnavailableError`` (only that)."""
+        ...
+
+    async def release(self, key: str, token: str, *, forget: bool = False) -> SettleResult:
+        """Give up this token's claim without an outcome.
+
+        ``forget=False``: keep the record (frozen body, first-sent time) and drop the lease,
+        so the next claim resumes it at once (the send may have reached the provider).
+        ``forget=True``: delete the record; only for a fresh claim where nothing can have
+        reached the provider (e.g. a 401, or a redirect on every try).
+
+        Answers ``"ok"``, ``"missing"`` (no record; nothing is written) or
+        ``"superseded"`` (another token holds it, or it is done/fatal; untouched).
+        Store failures raise ``LedgerUnavailableError`` (only that)."""
+        ...
+
+    async def clear(self, key: str) -> bool:
+        """Remove a **fatal** record on purpose, so its job can run again (an operator
+        fixed the cause). Atomic: the state is checked and the record removed in one step.
+
+        Answers ``True`` when a fatal record was removed, ``False`` when there was no
+        record or it is done or in flight: those are never cleared (clearing a done record
+        would allow a double send). Store failures raise ``LedgerUnavailableError`` (only that)."""
+        ...
+
+    async def get(self, key: str) -> LedgerRecord | None:
+        """The record of ``key``, or ``None`` when there is none.
+        Store failures raise ``LedgerUnavailableError`` (only that)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the store's resources (a client the ledger made itself)."""
+        ...

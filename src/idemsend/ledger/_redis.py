@@ -2,17 +2,23 @@
 
 Every transition is a Lua script over **one** key, so each runs atomically on one
 slot and works unchanged on Redis Cluster. Scripts read Redis's own clock (``TIME``),
-so leases mean the same on every machine. Records:
+so leases and the age of an unfinished send mean the same on every machine. Records:
 
 * ``{prefix}:rec:{<key>}``: a hash ``st`` (in_flight|done|fatal), ``job``, ``fp``,
-  ``body`` (frozen bytes, dropped once done), ``first`` (ms), ``tok``, ``lease`` (ms),
-  ``resp`` (JSON), ``code``, ``msg``; it expires ``retention`` after its last change.
+  ``body`` (frozen bytes, dropped once done or fatal), ``first`` (ms), ``tok``,
+  ``lease`` (ms), ``resp`` (JSON), ``code``, ``msg``; it expires ``retention`` after it
+  was claimed, completed or failed.
 * ``{prefix}:job:{<job id>}``: the key the job's first attempt derived.
 
 Cost: a claim is one script (on Cluster two, job map and record, in one pipeline) and
 a completion is one, so the happy path is two round trips. Calls made in the same event-loop turn
 by many coroutines are flushed together in one pipeline (``_Batcher``), so a hundred
 concurrent sends cost two pipelines, not two hundred round trips.
+
+The ledger relies on Redis keeping what it was told: ``start()`` refuses a server that
+evicts keys (``maxmemory-policy`` other than ``noeviction``) and warns about one that
+persists nothing. A done record that vanishes turns a replay after the provider's
+window into a double send.
 """
 
 from __future__ import annotations
@@ -20,10 +26,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from .._errors import MissingExtraError
+from .._errors import ConfigError, MissingExtraError
 from ._base import (
     DEFAULT_RETENTION,
     Busy,
@@ -34,13 +42,22 @@ from ._base import (
     Failed,
     LedgerRecord,
     LedgerUnavailableError,
+    SettleResult,
     Unstable,
 )
 
 try:
     import redis.asyncio as aioredis
     from redis.asyncio.cluster import RedisCluster
-    from redis.exceptions import NoScriptError, RedisError
+    from redis.exceptions import (
+        AskError,
+        ClusterError,
+        NoScriptError,
+        RedisClusterException,
+        RedisError,
+        ResponseError,
+        TryAgainError,
+    )
 except ImportError as exc:  # pragma: no cover - exercised by the missing-extra test
     raise MissingExtraError("redis", "redis") from exc
 
@@ -53,6 +70,12 @@ except ImportError:  # pragma: no cover
 
 __all__ = ["RedisLedger", "inspect_record"]
 
+log = logging.getLogger("idemsend.ledger")
+
+# What a store failure can raise: redis-py's errors, the cluster client's own exception
+# (not a RedisError), and socket errors that slip through.
+_STORE_ERRORS = (RedisError, RedisClusterException, OSError)
+
 
 class _HiredisPackConnection(aioredis.Connection):
     """redis-py's asyncio connection packs commands in Python (its sync one already uses
@@ -62,6 +85,7 @@ class _HiredisPackConnection(aioredis.Connection):
         if isinstance(args[0], str):
             args = (*args[0].encode().split(), *args[1:])
         return [hiredis.pack_command(args)]
+
 
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
 _FMT = "local function n(x) return string.format('%.0f', x) end\n"
@@ -75,22 +99,28 @@ end
 return cur
 """
 
+# A record recreated by _COMPLETE after the store lost it has job '' and fp '' (unknown):
+# it answers every claim of its key with 'done', never with 'conflict'.
 _CLAIM_BODY = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[1], 'st', 'in_flight', 'job', ARGV[2], 'fp', ARGV[3], 'body', ARGV[4],
              'first', n(now), 'tok', ARGV[1], 'lease', n(now + tonumber(ARGV[5])))
   redis.call('PEXPIRE', KEYS[1], ARGV[6])
-  return {'claimed', '1', ARGV[4], ARGV[3], n(now)}
+  return {'claimed', '1', ARGV[4], ARGV[3], n(now), '0'}
 end
 local r = redis.call('HMGET', KEYS[1], 'st', 'job', 'fp', 'tok', 'lease', 'body', 'first', 'resp', 'code', 'msg')
-if r[2] ~= ARGV[2] and r[3] ~= ARGV[3] then return {'conflict', r[3]} end
-if r[1] == 'done' then return {'done', r[8]} end
+local fp = r[3] or ''
+if fp ~= '' and r[2] ~= ARGV[2] and fp ~= ARGV[3] then return {'conflict', fp} end
+if r[1] == 'done' then return {'done', r[8], fp} end
 if r[1] == 'fatal' then return {'fatal', r[9], r[10]} end
-if r[4] ~= '' and r[4] ~= ARGV[1] and tonumber(r[5]) > now then
+if r[4] and r[4] ~= '' and r[4] ~= ARGV[1] and tonumber(r[5]) > now then
   return {'busy', n(tonumber(r[5]) - now)}
 end
 redis.call('HSET', KEYS[1], 'tok', ARGV[1], 'lease', n(now + tonumber(ARGV[5])))
-return {'claimed', '0', r[6], r[3], r[7]}
+local first = tonumber(r[7]) or now
+local age = now - first
+if age < 0 then age = 0 end
+return {'claimed', '0', r[6], fp, n(first), n(age)}
 """
 _CLAIM = _NOW + _FMT + _CLAIM_BODY
 
@@ -102,32 +132,59 @@ if cur and cur ~= ARGV[7] then return {'unstable', cur} end
 if not cur then redis.call('SET', KEYS[2], ARGV[7], 'PX', ARGV[6]) end
 """ + _CLAIM_BODY
 
-_OWNED = "if redis.call('HGET', KEYS[1], 'st') ~= 'in_flight' or redis.call('HGET', KEYS[1], 'tok') ~= ARGV[1]" \
-    " then return 0 end\n"
+# Settling needs the record in flight under this token: 'missing' when there is no
+# record at all (lost to a restart, an eviction or retention), 'superseded' when it is
+# someone else's or already done/fatal. Neither writes anything.
+_OWNED = """
+local owned = redis.call('HMGET', KEYS[1], 'st', 'tok')
+if not owned[1] then return 'missing' end
+if owned[1] ~= 'in_flight' or owned[2] ~= ARGV[1] then return 'superseded' end
+"""
 
-_COMPLETE = _OWNED + """
+# A missing record is written anew as done: the send happened, and only a done record
+# stops a replay after the provider's window from sending again.
+_COMPLETE = _NOW + _FMT + """
+local owned = redis.call('HMGET', KEYS[1], 'st', 'tok')
+if not owned[1] then
+  redis.call('HSET', KEYS[1], 'st', 'done', 'resp', ARGV[2], 'job', '', 'fp', '', 'first', n(now), 'tok', '')
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return 'recreated'
+end
+if owned[1] ~= 'in_flight' or owned[2] ~= ARGV[1] then return 'superseded' end
 redis.call('HSET', KEYS[1], 'st', 'done', 'resp', ARGV[2], 'tok', '')
-redis.call('HDEL', KEYS[1], 'body')
+redis.call('HDEL', KEYS[1], 'body', 'lease')
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
+return 'ok'
 """
 
 _FAIL = _OWNED + """
 redis.call('HSET', KEYS[1], 'st', 'fatal', 'code', ARGV[2], 'msg', ARGV[3], 'tok', '')
-redis.call('HDEL', KEYS[1], 'body')
-return 1
+redis.call('HDEL', KEYS[1], 'body', 'lease')
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 'ok'
 """
 
 _RENEW = _NOW + _FMT + _OWNED + """
 redis.call('HSET', KEYS[1], 'lease', n(now + tonumber(ARGV[2])))
-return 1
+return 'ok'
 """
 
-# ARGV[2] == '1': the claim was fresh and nothing was sent, so the record can go.
+# ARGV[2] == '1' (forget): the claim was fresh and nothing can have been sent, so the
+# record goes. Otherwise the record (frozen body, first-sent time) stays, unleased.
 _RELEASE = _OWNED + """
-if ARGV[2] == '1' then redis.call('DEL', KEYS[1]) return 1 end
+if ARGV[2] == '1' then redis.call('DEL', KEYS[1]) return 'ok' end
 redis.call('HSET', KEYS[1], 'tok', '', 'lease', '0')
-return 1
+return 'ok'
+"""
+
+# Only a fatal record is ever cleared: a done one stops a double send, an in-flight one
+# may be mid-send.
+_CLEAR = """
+if redis.call('HGET', KEYS[1], 'st') == 'fatal' then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
 """
 
 
@@ -142,7 +199,7 @@ class _Script:
 
 _OPS = (
     ("job", _JOB), ("claim", _CLAIM), ("claim_with_job", _CLAIM_WITH_JOB), ("complete", _COMPLETE),
-    ("fail", _FAIL), ("renew", _RENEW), ("release", _RELEASE),
+    ("fail", _FAIL), ("renew", _RENEW), ("release", _RELEASE), ("clear", _CLEAR),
 )
 
 # Plain Redis: a whole batch is one EVALSHA of this script, which runs each operation
@@ -279,26 +336,61 @@ class _Batcher:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+_ANSWERS: dict[str, SettleResult] = {
+    "ok": "ok", "recreated": "recreated", "missing": "missing", "superseded": "superseded",
+}
+
+
+def _answer(reply: Any) -> SettleResult:
+    answer = _ANSWERS.get(_s(reply))
+    if answer is None:
+        raise LedgerUnavailableError(f"unexpected ledger reply {reply!r}")
+    return answer
+
+
+@dataclass(slots=True)
+class _ServerFacts:
+    """What ``start()`` learned about one Redis server (one primary, on Cluster)."""
+
+    node: str
+    via: str = ""  # "CONFIG GET" or "INFO"; "" when neither answered
+    policy: str | None = None
+    maxmemory: str | None = None
+    persisted: bool | None = None
+    persistence: str = ""  # the settings as read, for the message
+    errors: list[str] = field(default_factory=list)
+
+
 class RedisLedger:
     """A ledger in Redis (plain or Cluster), shared by every worker.
 
     ``RedisLedger(client)`` takes a ``redis.asyncio.Redis`` or ``RedisCluster`` that you
     own; ``RedisLedger.from_url(url)`` makes (and on ``aclose`` closes) its own.
+
+    The server must keep what it is told (see ``start``): ``maxmemory-policy noeviction``
+    (anything else is refused unless ``allow_eviction=True``), and persistence (AOF or RDB)
+    if a restart must not forget completed sends.
     """
 
-    def __init__(self, client: Any, *, prefix: str = "idemsend", retention: float = DEFAULT_RETENTION) -> None:
+    def __init__(
+        self, client: Any, *, prefix: str = "idemsend", retention: float = DEFAULT_RETENTION,
+        allow_eviction: bool = False,
+    ) -> None:
         self.client = client
         self.prefix = prefix
         self.retention = retention
+        self.allow_eviction = allow_eviction
         self._retention_ms = str(int(retention * 1000))
         self._cluster = isinstance(client, RedisCluster)
         self._batch = _Batcher(client, one_call=not self._cluster)
         self._owns_client = False
+        self._checked = False
+        self._start_lock = asyncio.Lock()
 
     @classmethod
     def from_url(
         cls, url: str, *, cluster: bool = False, prefix: str = "idemsend", retention: float = DEFAULT_RETENTION,
-        socket_timeout: float = 5.0,
+        socket_timeout: float = 5.0, allow_eviction: bool = False,
     ) -> RedisLedger:
         if cluster:
             client: Any = RedisCluster.from_url(url, socket_timeout=socket_timeout)
@@ -307,7 +399,7 @@ class RedisLedger:
             client = aioredis.Redis.from_url(
                 url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout, **extra
             )
-        ledger = cls(client, prefix=prefix, retention=retention)
+        ledger = cls(client, prefix=prefix, retention=retention, allow_eviction=allow_eviction)
         ledger._owns_client = True
         return ledger
 
@@ -319,6 +411,139 @@ class RedisLedger:
 
     def job_key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{{{job_id}}}"
+
+    # -- start: is this Redis fit to be a ledger? --------------------------------------
+
+    async def start(self) -> None:
+        """Check the server once (every primary, on Cluster); see ``Ledger.start``.
+
+        * ``maxmemory-policy`` other than ``noeviction`` (read with ``CONFIG GET``, else from
+          ``INFO memory``): raises ``ConfigError``, or logs a WARNING with
+          ``allow_eviction=True``. Every ledger key has a TTL, so ``volatile-*`` policies
+          evict records as readily as ``allkeys-*`` ones.
+        * no persistence (``appendonly no`` and no RDB ``save`` points; from ``INFO
+          persistence`` when CONFIG is unavailable): a WARNING.
+        * neither CONFIG nor INFO answers (a managed or locked-down server): a WARNING.
+        * the server cannot be reached: ``LedgerUnavailableError``; nothing was checked and
+          ``start`` can be called again.
+        """
+        if self._checked:
+            return
+        async with self._start_lock:
+            if self._checked:
+                return
+            try:
+                facts = [await self._facts(node, name) for node, name in await self._servers()]
+            except _STORE_ERRORS as exc:
+                raise LedgerUnavailableError(
+                    f"could not check the ledger's Redis: {type(exc).__name__}: {exc}"
+                ) from exc
+            self._judge(facts)
+            self._checked = True
+
+    async def _servers(self) -> list[tuple[Any, str]]:
+        """(target node or None, name) for every server holding ledger keys."""
+        if self._cluster:
+            await self.client.initialize()
+            return [(node, str(node.name)) for node in self.client.get_primaries()]
+        kw = self.client.connection_pool.connection_kwargs
+        name = str(kw["path"]) if kw.get("path") else f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}"
+        return [(None, name)]
+
+    async def _ask(self, node: Any, method: str, *args: Any) -> Any:
+        call = getattr(self.client, method)
+        if node is None:
+            return await call(*args)
+        return await call(*args, target_nodes=node)
+
+    async def _facts(self, node: Any, name: str) -> _ServerFacts:
+        facts = _ServerFacts(name)
+        try:
+            config: dict[str, Any] = {}
+            for setting in ("maxmemory-policy", "maxmemory", "appendonly", "save"):
+                config.update(await self._ask(node, "config_get", setting))
+            if "maxmemory-policy" not in config:
+                raise ResponseError("CONFIG GET maxmemory-policy returned nothing")
+        except ResponseError as exc:
+            _reraise_store_failure(exc)
+            facts.errors.append(f"CONFIG GET: {exc}")
+        else:
+            facts.via = "CONFIG GET"
+            facts.policy = str(config["maxmemory-policy"])
+            facts.maxmemory = str(config.get("maxmemory", "?"))
+            aof = str(config.get("appendonly", "no"))
+            save = str(config.get("save", ""))
+            facts.persisted = aof == "yes" or bool(save.strip())
+            facts.persistence = f"appendonly {aof}, save {save!r}"
+            return facts
+        # CONFIG is disabled or renamed (managed Redis): INFO says most of it.
+        try:
+            memory = await self._ask(node, "info", "memory")
+            persistence = await self._ask(node, "info", "persistence")
+        except ResponseError as exc:
+            _reraise_store_failure(exc)
+            facts.errors.append(f"INFO: {exc}")
+            return facts
+        facts.via = "INFO"
+        if "maxmemory_policy" in memory:
+            facts.policy = str(memory["maxmemory_policy"])
+            facts.maxmemory = str(memory.get("maxmemory", "?"))
+        else:
+            facts.errors.append("INFO memory has no maxmemory_policy")
+        aof_on = int(persistence.get("aof_enabled", 0)) == 1
+        # INFO cannot show the RDB save points, only whether snapshots have been taken.
+        snapshots = (
+            int(persistence.get("rdb_saves", 0)) > 0
+            or int(persistence.get("rdb_bgsave_in_progress", 0)) == 1
+            or int(persistence.get("rdb_last_bgsave_time_sec", -1)) >= 0
+        )
+        facts.persisted = aof_on or snapshots
+        facts.persistence = (
+            f"aof_enabled:{int(aof_on)}, "
+            + ("RDB snapshots taken since start" if snapshots else "no RDB snapshot since start")
+            + " (CONFIG unavailable: the RDB save schedule could not be read)"
+        )
+        return facts
+
+    def _judge(self, facts: list[_ServerFacts]) -> None:
+        evicting = [f for f in facts if f.policy is not None and f.policy != "noeviction"]
+        if evicting:
+            where = "; ".join(
+                f"{f.node} has maxmemory-policy {f.policy} (maxmemory {f.maxmemory}, read with {f.via})"
+                for f in evicting
+            )
+            risk = (
+                f"Redis {where}. A Redis that may evict keys can drop ledger records under memory"
+                " pressure (every ledger key has a TTL, so volatile-* policies evict them as readily as"
+                " allkeys-* ones; with maxmemory 0 nothing is evicted until a limit is set). A done record"
+                " lost that way means a replay of its job after the provider's idempotency window is sent"
+                " again: a double send."
+            )
+            if not self.allow_eviction:
+                raise ConfigError(
+                    f"{risk} Set maxmemory-policy noeviction (a full Redis then refuses writes and the"
+                    " ledger fails closed), or pass allow_eviction=True to RedisLedger to accept the risk."
+                )
+            log.warning("idemsend: %s Continuing because allow_eviction=True.", risk)
+        unpersisted = [f for f in facts if f.persisted is False]
+        if unpersisted:
+            log.warning(
+                "idemsend: Redis %s persists nothing (%s): a restart loses every ledger record, and a done"
+                " record lost that way means a replay of its job after the provider's idempotency window"
+                " is sent again (a double send). Fine for development and CI; in production enable"
+                " appendonly yes (or RDB save points, which lose the writes since the last snapshot).",
+                ", ".join(f.node for f in unpersisted), "; ".join(f.persistence for f in unpersisted),
+            )
+        unchecked = [f for f in facts if f.policy is None]
+        if unchecked:
+            log.warning(
+                "idemsend: could not check Redis %s (%s): make sure maxmemory-policy is noeviction and"
+                " persistence (appendonly yes) is on, or ledger records can vanish and a replay after the"
+                " provider's idempotency window is sent again (a double send).",
+                ", ".join(f.node for f in unchecked), "; ".join("; ".join(f.errors) for f in unchecked),
+            )
+
+    # -- the state machine ---------------------------------------------------------------
 
     async def claim(
         self, key: str, job_id: str, payload: bytes, fingerprint: str, token: str, lease: float
@@ -335,38 +560,55 @@ class RedisLedger:
             recorded, reply = await asyncio.gather(job_call, self._batch.call(_SCRIPTS["claim"], rec, *args))
             kind = _s(reply[0])
             if _s(recorded) != key:
-                if kind == "claimed":  # give back what this claim took; the job stops here
+                if kind == "claimed":  # give back what this claim took (forget it if fresh)
                     await self._batch.call(_SCRIPTS["release"], rec, token, _s(reply[1]))
                 return Unstable(_s(recorded))
-        if kind == "claimed":
-            return Claimed(_s(reply[1]) == "1", _b(reply[2]), _s(reply[3]), int(_s(reply[4])) / 1000)
-        if kind == "done":
-            return Done(json.loads(_s(reply[1])))
-        if kind == "fatal":
-            return Failed(_s(reply[1]), _s(reply[2]))
-        if kind == "busy":
-            return Busy(int(_s(reply[1])) / 1000)
-        if kind == "conflict":
-            return Conflict(_s(reply[1]))
+        try:
+            if kind == "claimed":
+                return Claimed(
+                    _s(reply[1]) == "1", _b(reply[2]), _s(reply[3]), int(_s(reply[4])) / 1000,
+                    int(_s(reply[5])) / 1000,
+                )
+            if kind == "done":
+                return Done(json.loads(_s(reply[1])), _s(reply[2]))
+            if kind == "fatal":
+                return Failed(_s(reply[1]), _s(reply[2]))
+            if kind == "busy":
+                return Busy(int(_s(reply[1])) / 1000)
+            if kind == "conflict":
+                return Conflict(_s(reply[1]))
+        except (ValueError, IndexError, TypeError) as exc:
+            raise LedgerUnavailableError(f"malformed claim reply {reply!r}: {exc}") from exc
         raise LedgerUnavailableError(f"unexpected claim reply {reply!r}")
 
-    async def complete(self, key: str, token: str, response: Mapping[str, Any]) -> bool:
+    async def complete(self, key: str, token: str, response: Mapping[str, Any]) -> SettleResult:
         body = json.dumps(response, separators=(",", ":"))
-        return bool(await self._batch.call(_SCRIPTS["complete"], self.record_key(key), token, body, self._retention_ms))
+        return _answer(
+            await self._batch.call(_SCRIPTS["complete"], self.record_key(key), token, body, self._retention_ms)
+        )
 
-    async def fail(self, key: str, token: str, code: str, message: str) -> bool:
-        return bool(await self._batch.call(_SCRIPTS["fail"], self.record_key(key), token, code, message))
+    async def fail(self, key: str, token: str, code: str, message: str) -> SettleResult:
+        return _answer(
+            await self._batch.call(_SCRIPTS["fail"], self.record_key(key), token, code, message, self._retention_ms)
+        )
 
-    async def renew(self, key: str, token: str, lease: float) -> bool:
-        return bool(await self._batch.call(_SCRIPTS["renew"], self.record_key(key), token, str(int(lease * 1000))))
+    async def renew(self, key: str, token: str, lease: float) -> SettleResult:
+        return _answer(
+            await self._batch.call(_SCRIPTS["renew"], self.record_key(key), token, str(int(lease * 1000)))
+        )
 
-    async def release(self, key: str, token: str) -> bool:
-        return bool(await self._batch.call(_SCRIPTS["release"], self.record_key(key), token, "0"))
+    async def release(self, key: str, token: str, *, forget: bool = False) -> SettleResult:
+        return _answer(
+            await self._batch.call(_SCRIPTS["release"], self.record_key(key), token, "1" if forget else "0")
+        )
+
+    async def clear(self, key: str) -> bool:
+        return bool(await self._batch.call(_SCRIPTS["clear"], self.record_key(key)))
 
     async def get(self, key: str) -> LedgerRecord | None:
         try:
             raw = await self.client.hgetall(self.record_key(key))
-        except RedisError as exc:
+        except _STORE_ERRORS as exc:
             raise LedgerUnavailableError(f"{type(exc).__name__}: {exc}") from exc
         if not raw:
             return None
@@ -389,6 +631,12 @@ class RedisLedger:
         if self._owns_client:
             self._owns_client = False
             await self.client.aclose()
+
+
+def _reraise_store_failure(exc: ResponseError) -> None:
+    """A cluster redirection or outage is the store failing, not CONFIG/INFO being refused."""
+    if isinstance(exc, (ClusterError, AskError, TryAgainError)):
+        raise exc
 
 
 async def inspect_record(url: str, key: str, *, prefix: str = "idemsend") -> dict[str, Any] | None:
