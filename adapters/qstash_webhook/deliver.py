@@ -1,10 +1,14 @@
-"""Deliver signed messages to the webhook the way QStash does: `python deliver.py --jobs 3`."""
+"""Deliver signed messages to the webhook the way QStash does: `python deliver.py --jobs 3`.
+
+With QSTASH_JOB_ID_FROM=body (as the webhook), each message carries its id as "job_id".
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import os
+import uuid
 
 from idemsend.testing.qstash import QStashDeliverer
 
@@ -19,8 +23,12 @@ async def main() -> None:
         sign_url=os.environ.get("QSTASH_ENDPOINT_URL", args.url),
     )
     for i in range(args.jobs):
-        message = {"data": {"user_id": f"user-{i}"}, "body": {"to": [f"user-{i}@example.com"], "template": "welcome"}}
-        delivery = await deliverer.deliver(message)
+        message_id = f"msg_{uuid.uuid4().hex}"
+        body = {"to": [f"user-{i}@example.com"], "template": "welcome"}
+        message: dict[str, object] = {"data": {"user_id": f"user-{i}"}, "body": body}
+        if os.environ.get("QSTASH_JOB_ID_FROM") == "body":
+            message["job_id"] = message_id
+        delivery = await deliverer.deliver(message, message_id=message_id)
         print(delivery.message_id, delivery.state, delivery.last.status, delivery.last.body)
 
 
