@@ -131,7 +131,9 @@ def qstash_app(variant: str, url: str) -> Any:
 
     if variant == "adapter":
         engine = Engine(url, key="welcome:{user_id}:{job_id}", api_key="bench", max_in_flight=200)
-        handler = QStashHandler(lambda: engine, current_signing_key=SIGNING, next_signing_key=NEXT, url=None)
+        handler = QStashHandler(
+            lambda: engine, current_signing_key=SIGNING, next_signing_key=NEXT, url_from_request=True
+        )
         return handler.aiohttp_app("/hook")
 
     receiver = Receiver(current_signing_key=SIGNING, next_signing_key=NEXT)

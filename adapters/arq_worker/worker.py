@@ -16,7 +16,7 @@ from idemsend.adapters.arq import ArqAdapter
 
 idem = ArqAdapter(
     engine_from_env,
-    max_tries=int(os.environ.get("ARQ_MAX_TRIES", "5")),
+    max_tries=int(os.environ.get("ARQ_MAX_TRIES", "10")),
     retry_base=float(os.environ.get("ARQ_RETRY_BASE", "1.0")),
 )
 

@@ -3,7 +3,7 @@
 Run a worker in this folder: `rq worker --with-scheduler --worker-class rq.worker.SimpleWorker
 --url $REDIS_URL emails` (the scheduler re-enqueues retries; SimpleWorker keeps one Engine
 and its connections across jobs). Environment: see idemsend.adapters.engine_from_env,
-plus RQ_MAX_RETRIES.
+plus RQ_MAX_RETRIES and RQ_RETRY_BASE (the first retry's delay when the provider named none).
 """
 
 from __future__ import annotations
@@ -14,7 +14,11 @@ from typing import Any
 from idemsend.adapters import engine_from_env
 from idemsend.adapters.rq import RQAdapter
 
-idem = RQAdapter(engine_from_env, max_retries=int(os.environ.get("RQ_MAX_RETRIES", "5")))
+idem = RQAdapter(
+    engine_from_env,
+    max_retries=int(os.environ.get("RQ_MAX_RETRIES", "9")),
+    retry_base=float(os.environ.get("RQ_RETRY_BASE", "1.0")),
+)
 
 
 def send_email(data: dict[str, Any], body: dict[str, Any]) -> Any:

@@ -14,6 +14,7 @@ from ._errors import (
     MismatchError,
     MissingExtraError,
     RetryableError,
+    SetupError,
     StaleReplayError,
     UnstableKeyError,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "MissingExtraError",
     "RetryableError",
     "SendResult",
+    "SetupError",
     "StaleReplayError",
     "Template",
     "UnstableKeyError",

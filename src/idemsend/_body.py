@@ -23,6 +23,8 @@ def canonical_body(body: Any) -> bytes:
         text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidBodyError(f"the body cannot be sent as JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise InvalidBodyError("the body cannot be sent as JSON: it is nested too deeply") from exc
     return text.encode()
 
 

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import json
 import logging
+import math
 import random
 import secrets
 import time
@@ -15,21 +16,35 @@ from types import TracebackType
 from typing import Any, Self
 
 import aiohttp
+from yarl import URL
 
 from ._body import canonical_body, fingerprint
-from ._classify import Fatal, HTTPResponse, InFlight, Outcome, ResultClassifier, Retry, Sendoka, Sent
+from ._classify import (
+    MAX_RETRY_AFTER,
+    Fatal,
+    HTTPResponse,
+    InFlight,
+    Outcome,
+    ResultClassifier,
+    Retry,
+    Sendoka,
+    Sent,
+)
 from ._errors import (
     MISMATCH,
     ConfigError,
     FatalError,
     IdemsendError,
+    KeyDerivationError,
     MismatchError,
     RetryableError,
+    SetupError,
     StaleReplayError,
     UnstableKeyError,
 )
 from ._keys import DEFAULT_MAX_KEY_LENGTH, Job, KeyDeriver, Template, validate_key
 from ._limits import RateLimiter
+from ._redact import Redactor, safe_url
 from ._result import SendResult
 from .ledger._base import (
     DEFAULT_LEASE,
@@ -39,6 +54,7 @@ from .ledger._base import (
     Failed,
     Ledger,
     LedgerUnavailableError,
+    SettleResult,
     Unstable,
 )
 
@@ -47,12 +63,53 @@ __all__ = ["Engine"]
 log = logging.getLogger("idemsend")
 
 DAY = 24 * 3600.0
+#: The longest any timing knob may be: longer values are mistakes, and would hang a worker.
+MAX_DURATION = 30 * DAY
 
 
-def _fatal_error(code: str, message: str, key: str) -> FatalError:
+def _fatal_error(code: str, detail: str, key: str, *, setup: bool = False, recorded: bool = False) -> FatalError:
+    """The error for a fatal outcome; ``detail`` is the bare reason (what the ledger keeps)."""
+    where = " (recorded in the ledger)" if recorded else ""
     if code == MISMATCH:
-        return MismatchError(f"{message} (key {key!r})", key=key)
-    return FatalError(f"{code}: {message} (key {key!r})", code=code, key=key)
+        return MismatchError(f"{detail} (key {key!r}){where}", key=key, detail=detail)
+    cls = SetupError if setup else FatalError
+    return cls(f"{code}: {detail} (key {key!r}){where}", code=code, key=key, detail=detail)
+
+
+def _check_number(
+    name: str, value: object, *, minimum: float, exclusive: bool = False, integer: bool = False,
+    maximum: float = MAX_DURATION,
+) -> None:
+    """Refuse a timing or size knob that is not a finite number in its range."""
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise ConfigError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    if value < minimum or (exclusive and value == minimum):
+        raise ConfigError(f"{name} must be {'>' if exclusive else '>='} {minimum:g}, got {value!r}")
+    if value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum:g}, got {value!r}")
+
+
+def _finite_delay(value: float | None) -> float | None:
+    """A provider's (or a custom classifier's) delay, made finite and bounded."""
+    if value is None or math.isnan(value):
+        return None
+    return min(max(value, 0.0), MAX_RETRY_AFTER)
+
+
+class _Tries:
+    """What one attempt's HTTP tries did: how many, and whether any may have reached the
+    provider and been executed (anything but a refused connection, a 429, an IN_FLIGHT
+    409 or a setup error). A fresh claim whose tries provably executed nothing is
+    forgotten on release, so its first-sent time does not start the stale clock."""
+
+    __slots__ = ("count", "maybe_sent")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.maybe_sent = False
 
 
 class Engine:
@@ -93,7 +150,13 @@ class Engine:
         idempotency_header: str = "Idempotency-Key",
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise ConfigError(f"url must be an http(s) URL, got {url!r}")
+            raise ConfigError(f"url must be an http(s) URL, got {safe_url(url) if isinstance(url, str) else url!r}")
+        try:
+            parsed_url = URL(url)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"url is not a valid URL: {safe_url(url)}") from exc
+        if not parsed_url.host:
+            raise ConfigError(f"url has no host: {safe_url(url)}")
         if isinstance(key, str):
             key = Template(key)
         elif not isinstance(key, KeyDeriver):
@@ -102,13 +165,30 @@ class Engine:
             raise ConfigError(f"classifier must have classify(response) -> Outcome, got {classifier!r}")
         if ledger is not None and not isinstance(ledger, Ledger):
             raise ConfigError(f"ledger must implement idemsend.ledger.Ledger, got {ledger!r}")
-        for name, value in (("max_in_flight", max_in_flight), ("timeout", timeout), ("lease", lease)):
-            if value <= 0:
-                raise ConfigError(f"{name} must be > 0, got {value}")
-        if retries < 0 or in_flight_budget < 0 or backoff < 0:
-            raise ConfigError("retries, backoff and in_flight_budget must be >= 0")
+        _check_number("max_in_flight", max_in_flight, minimum=1, integer=True, maximum=100_000)
+        _check_number("retries", retries, minimum=0, integer=True, maximum=100)
+        _check_number("max_key_length", max_key_length, minimum=1, integer=True, maximum=65_536)
+        _check_number("timeout", timeout, minimum=0, exclusive=True)
+        _check_number("backoff", backoff, minimum=0)
+        _check_number("max_backoff", max_backoff, minimum=backoff)
+        _check_number("max_inline_delay", max_inline_delay, minimum=0)
+        # a zero delay would turn a key held IN_FLIGHT into a busy loop of POSTs
+        _check_number("in_flight_delay", in_flight_delay, minimum=0.01)
+        _check_number("in_flight_budget", in_flight_budget, minimum=0)
+        _check_number("lease", lease, minimum=0.1)
+        _check_number("provider_window", provider_window, minimum=0, exclusive=True, maximum=365 * DAY)
+        _check_number("stale_margin", stale_margin, minimum=0)
+        if rate_limit is not None:
+            _check_number("rate_limit", rate_limit, minimum=0, exclusive=True, maximum=1e9)
         if stale_margin >= provider_window:
-            raise ConfigError("stale_margin must be smaller than provider_window")
+            raise ConfigError(
+                f"stale_margin ({stale_margin:g}s) must be smaller than provider_window ({provider_window:g}s)"
+            )
+        if not isinstance(idempotency_header, str) or not idempotency_header.strip():
+            raise ConfigError(f"idempotency_header must be a header name, got {idempotency_header!r}")
+        for name, value in (headers or {}).items():
+            if not isinstance(name, str) or not isinstance(value, str) or "\n" in value or "\r" in value:
+                raise ConfigError(f"headers must map names to single-line strings; bad header {name!r}")
         self.url = url
         self.deriver: KeyDeriver = key
         self.classifier: ResultClassifier = classifier if classifier is not None else Sendoka()
@@ -129,13 +209,21 @@ class Engine:
         base = {"Content-Type": "application/json", **(headers or {})}
         if api_key is not None:
             base["Authorization"] = f"Bearer {api_key}"
+        if parsed_url.user is not None and any(name.lower() == "authorization" for name in base):
+            raise ConfigError(
+                "url carries credentials (user:password@) and an Authorization header is set too"
+                " (api_key= or headers=): use one of them"
+            )
         self._base_headers = base
-        # Header values that must never reach a log line, repr or error text.
-        self._secrets = tuple(v for k, v in base.items() if k.lower() in {"authorization", "x-api-key"})
+        # Credentials (the API key, any header named like one, the URL's password and query
+        # values) must never reach a log line, repr, error, result or ledger record.
+        self._redact = Redactor.for_request(url, base, idempotency_header=idempotency_header)
+        self._safe_url = safe_url(url)
         self._limiter = RateLimiter(rate_limit) if rate_limit else None
         self._session: aiohttp.ClientSession | None = None
         self._sem: asyncio.Semaphore | None = None
-        self._flights: dict[str, tuple[str, asyncio.Future[SendResult]]] = {}
+        # key -> (fingerprint, job id, the future its joiners wait on)
+        self._flights: dict[str, tuple[str, str, asyncio.Future[SendResult]]] = {}
         # Claim tokens: random per engine, a counter per claim (unique, and cheap per send).
         self._token_prefix = secrets.token_hex(8) + "-"
         self._token_seq = itertools.count(1)
@@ -143,12 +231,13 @@ class Engine:
         # per engine walks them, instead of a timer per send.
         self._leases: dict[str, tuple[str, float]] = {}
         self._renewer: asyncio.Task[None] | None = None
+        self._ledger_started = False
         self._closed = False
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self._session else "not started"
         return (
-            f"<Engine {self.url} key={self.deriver!r} max_in_flight={self.max_in_flight}"
+            f"<Engine {self._safe_url} key={self.deriver!r} max_in_flight={self.max_in_flight}"
             f" ledger={type(self.ledger).__name__ if self.ledger else None} {state}>"
         )
 
@@ -163,7 +252,24 @@ class Engine:
                 connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout)
             )
             self._sem = asyncio.Semaphore(self.max_in_flight)
+            if self.ledger is not None:
+                try:
+                    await self._start_ledger()
+                except LedgerUnavailableError as exc:
+                    # A worker that boots during a ledger outage still boots: its sends fail
+                    # closed (RetryableError, nothing sent) until the check passes.
+                    log.warning("idemsend: the ledger could not be checked at start (%s); checked again"
+                                " before the first send", self._redact.text(str(exc)))
+                except BaseException:
+                    await self.aclose()
+                    raise
         return self
+
+    async def _start_ledger(self) -> None:
+        """Run the ledger's own start check (a RedisLedger refuses a Redis that evicts)."""
+        assert self.ledger is not None
+        await self.ledger.start()
+        self._ledger_started = True
 
     async def aclose(self) -> None:
         self._closed = True
@@ -187,7 +293,15 @@ class Engine:
 
     def derive_key(self, job: Job) -> str:
         """The validated key ``send`` would use for ``job`` (raises KeyDerivationError)."""
-        return validate_key(self.deriver.derive(job), max_length=self.max_key_length)
+        try:
+            key = self.deriver.derive(job)
+        except IdemsendError:
+            raise
+        except Exception as exc:  # a custom deriver's bug is this job's fatal error, named
+            raise KeyDerivationError(
+                f"the key deriver {self.deriver!r} failed for job {job.id!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+        return validate_key(key, max_length=self.max_key_length)
 
     async def send(self, job: Job, body: Any, *, attempt: int | None = None) -> SendResult:
         """Send ``body`` for ``job`` with the job's key; at most one send per key.
@@ -203,14 +317,22 @@ class Engine:
         fp = fingerprint(payload)
         flight = self._flights.get(key)
         if flight is not None:
-            if flight[0] != fp:
-                raise MismatchError(
-                    f"key {key!r} is being sent right now with a different body", key=key
-                )
-            result = await asyncio.shield(flight[1])
-            return replace(result, replayed=True)
+            flight_fp, flight_job, flight_future = flight
+            if flight_fp != fp:
+                # Answer as a moment later would: with a ledger, the same job gets the
+                # frozen first body's result (drift is logged); otherwise the provider
+                # would answer IDEMPOTENCY_MISMATCH.
+                if self.ledger is None or flight_job != job.id:
+                    raise MismatchError(
+                        f"key {key!r} is being sent right now with a different body"
+                        f" (sending {flight_fp[:12]}, this {fp[:12]})",
+                        key=key,
+                    )
+                self._log_drift(job.id, flight_fp, fp)
+            result = await asyncio.shield(flight_future)
+            return replace(result, replayed=True, job_id=job.id)
         future: asyncio.Future[SendResult] = asyncio.get_running_loop().create_future()
-        self._flights[key] = (fp, future)
+        self._flights[key] = (fp, job.id, future)
         try:
             result = await self._send_claimed(job, key, payload, fp, attempt)
         except IdemsendError as exc:
@@ -249,7 +371,13 @@ class Engine:
     ) -> SendResult:
         ledger = self.ledger
         if ledger is None:
-            return await self._deliver(job, key, payload, fp, attempt)
+            return await self._deliver(job, key, payload, fp, attempt, _Tries())
+        if not self._ledger_started:
+            try:
+                await self._ledger_call(key, self._start_ledger())
+            except ConfigError as exc:
+                raise SetupError(f"LEDGER_CONFIG: {exc} (key {key!r})", code="LEDGER_CONFIG", key=key,
+                                 detail=str(exc)) from exc
         token = f"{self._token_prefix}{next(self._token_seq)}"
         waited = 0.0
         while True:
@@ -257,9 +385,11 @@ class Engine:
             if isinstance(claim, Claimed):
                 break
             if isinstance(claim, Done):
-                return self._from_record(job, key, fp, claim.response)
+                if claim.fingerprint and claim.fingerprint != fp:
+                    self._log_drift(job.id, claim.fingerprint, fp)
+                return self._from_record(job, key, claim.fingerprint or fp, claim.response)
             if isinstance(claim, Failed):
-                raise _fatal_error(claim.code, claim.message, key)
+                raise _fatal_error(claim.code, claim.message, key, recorded=True)
             if isinstance(claim, Unstable):
                 raise UnstableKeyError(
                     f"job {job.id!r} derived key {key!r} but its earlier attempt used {claim.recorded_key!r};"
@@ -277,45 +407,56 @@ class Engine:
             delay = min(max(claim.retry_after, 0.05), self.in_flight_delay) * random.uniform(0.5, 1.5)
             if waited + delay > self.in_flight_budget:
                 raise RetryableError(
-                    f"key {key!r} is being sent by another worker", retry_after=claim.retry_after, key=key,
-                    reason="busy",
+                    f"key {key!r} is being sent by another worker",
+                    retry_after=_finite_delay(claim.retry_after), key=key, reason="busy",
                 )
             waited += delay
             await asyncio.sleep(delay)
 
-        if not claim.fresh and time.time() - claim.first_sent_at > self.provider_window - self.stale_margin:
+        # The age is measured on the ledger's clock, not this worker's: a worker whose
+        # clock runs hours behind must not resend after the provider forgot the key.
+        if not claim.fresh and claim.age > self.provider_window - self.stale_margin:
             first = claim.first_sent_at
-            err = StaleReplayError(
-                f"key {key!r} was first sent at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(first))}"
-                " with an unknown outcome, and the provider has forgotten the key by now;"
-                " resending could double-send, so it is not resent",
-                key=key,
-                first_sent_at=first,
+            detail = (
+                f"first sent at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(first))}"
+                f" ({claim.age / 3600:.1f} h ago) with an unknown outcome, and the provider has forgotten"
+                " the key by now; resending could double-send, so it is not resent"
             )
-            await self._ledger_call(key, ledger.fail(key, token, err.code, err.message))
+            err = StaleReplayError(f"STALE_REPLAY: {detail} (key {key!r})", key=key, first_sent_at=first)
+            err.detail = detail
+            await self._ledger_call(key, ledger.fail(key, token, err.code, detail))
             raise err
         if claim.fingerprint != fp:
-            log.warning(
-                "idemsend: job %s body changed between attempts (first %s, now %s); resending the first body",
-                job.id, claim.fingerprint[:16], fp[:16],
-            )
+            self._log_drift(job.id, claim.fingerprint, fp)
             payload, fp = claim.payload, claim.fingerprint
         self._hold_lease(ledger, key, token)
+        tries = _Tries()
         try:
-            result = await self._deliver(job, key, payload, fp, attempt)
+            result = await self._deliver(job, key, payload, fp, attempt, tries)
+        except SetupError:
+            # The engine's setup is wrong, not the job: nothing is recorded against the key.
+            # A fresh claim whose tries executed nothing is forgotten outright.
+            await self._settle(key, "release", ledger.release(key, token, forget=claim.fresh and not tries.maybe_sent))
+            raise
         except FatalError as exc:
-            await self._settle(key, ledger.fail(key, token, exc.code, exc.message))
+            await self._settle(key, "fail", ledger.fail(key, token, exc.code, exc.detail))
             raise
         except BaseException:
-            # Unknown outcome: keep the record (frozen body, first-sent time), drop the lease.
-            await self._settle(key, ledger.release(key, token))
+            # Unknown outcome: keep the record (frozen body, first-sent time), drop the lease,
+            # unless this was the first claim and no try can have reached the provider.
+            await self._settle(key, "release", ledger.release(key, token, forget=claim.fresh and not tries.maybe_sent))
             raise
         finally:
             self._leases.pop(key, None)
         record = {"id": result.id, "status": result.status, "response": result.response}
-        if await self._settle(key, ledger.complete(key, token, record)) is False:
-            log.warning("idemsend: key %s sent, but its ledger lease had passed to another worker", key)
+        await self._settle(key, "complete", ledger.complete(key, token, record))
         return result
+
+    def _log_drift(self, job_id: str, first: str, now: str) -> None:
+        log.warning(
+            "idemsend: job %s body changed between attempts (first %s, now %s); the first body stands",
+            job_id, first[:16], now[:16],
+        )
 
     def _hold_lease(self, ledger: Ledger, key: str, token: str) -> None:
         self._leases[key] = (token, time.monotonic())
@@ -334,29 +475,48 @@ class Engine:
                 self._leases[key] = (token, now)
             if due:
                 await asyncio.gather(
-                    *(self._settle(key, ledger.renew(key, token, self.lease)) for key, token in due)
+                    *(self._settle(key, "renew", ledger.renew(key, token, self.lease)) for key, token in due)
                 )
 
     async def _ledger_call(self, key: str, call: Awaitable[Any]) -> Any:
         try:
             return await call
         except LedgerUnavailableError as exc:
+            # No retry_after: the queue's own backoff spreads the retries over the outage.
             raise RetryableError(
-                f"the ledger is unreachable, nothing was sent for key {key!r}: {exc}",
-                retry_after=1.0,
+                f"the ledger is unreachable, nothing was sent for key {key!r}: {self._redact.text(str(exc))}",
                 key=key,
                 reason="ledger",
             ) from exc
 
-    async def _settle(self, key: str, call: Awaitable[bool]) -> bool | None:
+    async def _settle(self, key: str, op: str, call: Awaitable[SettleResult]) -> SettleResult | None:
         """Record an outcome after the HTTP part; None when the ledger is unreachable.
         The send's own result stands even then: the lease runs out and the next attempt
         resumes it with the same key (the provider replays it)."""
         try:
-            return await call
+            result = await call
         except LedgerUnavailableError as exc:
-            log.warning("idemsend: could not record key %s in the ledger: %s", key, exc)
+            log.warning("idemsend: could not %s key %s in the ledger: %s", op, key, self._redact.text(str(exc)))
             return None
+        if result == "recreated":
+            log.warning(
+                "idemsend: key %s was sent, but its ledger record had vanished (the store restarted without"
+                " persistence, or evicted it); the completed send is recorded again",
+                key,
+            )
+        elif result == "missing":
+            log.warning(
+                "idemsend: could not %s key %s: its ledger record had vanished (the store restarted without"
+                " persistence, or evicted it)",
+                op, key,
+            )
+        elif result == "superseded":
+            log.warning(
+                "idemsend: could not %s key %s: this worker's lease had run out and another worker claimed"
+                " the key (the provider answers that worker with a replay)",
+                op, key,
+            )
+        return result
 
     def _from_record(self, job: Job, key: str, fp: str, record: Mapping[str, Any]) -> SendResult:
         return SendResult(
@@ -374,23 +534,27 @@ class Engine:
     # -- HTTP ------------------------------------------------------------------------
 
     async def _deliver(
-        self, job: Job, key: str, payload: bytes, fp: str, attempt: int | None
+        self, job: Job, key: str, payload: bytes, fp: str, attempt: int | None, tries: _Tries
     ) -> SendResult:
         """POST until the outcome is final, within the quick-retry and in-flight budgets."""
-        tries = 0
         transient = 0
         waited = 0.0
         while True:
-            tries += 1
-            outcome, status, data = await self._post(key, payload)
-            log.debug("idemsend: key=%s job=%s try=%s queue_attempt=%s -> %r", key, job.id, tries, attempt, outcome)
+            tries.count += 1
+            outcome, status, data = await self._post(key, payload, tries)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "idemsend: key=%s job=%s try=%s queue_attempt=%s -> %s", key, job.id, tries.count, attempt,
+                    self._redact.text(repr(outcome)),
+                )
             if isinstance(outcome, Sent):
                 return SendResult(
                     key=key, id=outcome.id, status=status, response=data, replayed=outcome.replayed,
-                    attempts=tries, fingerprint=fp, job_id=job.id,
+                    attempts=tries.count, fingerprint=fp, job_id=job.id,
                 )
             if isinstance(outcome, Fatal):
-                raise _fatal_error(outcome.code, self._scrub(outcome.message), key)
+                setup = outcome.scope == "engine"
+                raise _fatal_error(outcome.code, self._redact.text(outcome.message), key, setup=setup)
             if isinstance(outcome, InFlight):
                 delay = self.in_flight_delay * random.uniform(0.5, 1.5)
                 if waited + delay > self.in_flight_budget:
@@ -402,51 +566,65 @@ class Engine:
                 await asyncio.sleep(delay)
                 continue
             transient += 1
-            reason = self._scrub(outcome.reason)
-            if outcome.after is not None and self._limiter is not None:
-                self._limiter.pause(outcome.after)
+            reason = self._redact.text(outcome.reason)
+            after = _finite_delay(outcome.after)
+            if after is not None and self._limiter is not None:
+                self._limiter.pause(after)
             # Full-jitter exponential backoff, unless the provider named a delay.
             delay = (
-                outcome.after
-                if outcome.after is not None
+                after
+                if after is not None
                 else random.uniform(0, min(self.max_backoff, self.backoff * 2 ** (transient - 1)))
             )
             if transient > self.retries or delay > self.max_inline_delay:
+                # retry_after is the provider's ask only; without one, the queue's own
+                # backoff decides, so retries spread over an outage instead of bunching.
                 raise RetryableError(
-                    f"key {key!r} not sent yet after {tries} tries ({reason}); retry later with the same job",
-                    retry_after=outcome.after if outcome.after is not None else max(delay, self.backoff),
-                    key=key, reason=reason,
+                    f"key {key!r} not sent yet after {tries.count} tries ({reason}); retry later with the same job",
+                    retry_after=after, key=key, reason=reason,
                 )
             await asyncio.sleep(delay)
 
-    async def _post(self, key: str, payload: bytes) -> tuple[Outcome, int, Any]:
+    async def _post(self, key: str, payload: bytes, tries: _Tries) -> tuple[Outcome, int, Any]:
         session, sem = self._session, self._sem
         if session is None or sem is None:
             raise ConfigError("Engine was closed while a send was running")
         headers = {**self._base_headers, self._idem_header: key}
         async with sem:
             if self._limiter is not None:
-                await self._limiter.acquire()
+                wait = await self._limiter.acquire(self.max_inline_delay)
+                if wait:
+                    # The rate limit (or a 429's pause) holds every slot longer than a job may
+                    # wait inline: back to the queue, nothing sent.
+                    return Retry(wait, f"rate limit: the next slot is {wait:.1f}s away"), 0, None
+            # Counted as possibly executed from the moment the request may leave, so a
+            # cancellation mid-request is never mistaken for "nothing was sent".
+            earlier, tries.maybe_sent = tries.maybe_sent, True
             try:
-                async with session.post(self.url, data=payload, headers=headers) as resp:
+                # Never follow a redirect: aiohttp would turn the POST into a GET without the
+                # body, and a 200 from the new location would read as a send that never was.
+                async with session.post(self.url, data=payload, headers=headers, allow_redirects=False) as resp:
                     raw = await resp.read()
                     status, resp_headers = resp.status, resp.headers
+            except aiohttp.ClientConnectorError as exc:
+                tries.maybe_sent = earlier  # no connection was made: nothing reached the provider
+                return Retry(None, f"cannot connect: {type(exc).__name__}: {exc}"), 0, None
             except TimeoutError:
                 # The request may have been processed: an unknown outcome. Same key again.
                 return Retry(None, f"timeout after {self.timeout}s"), 0, None
             except aiohttp.ClientError as exc:
                 return Retry(None, f"network error {type(exc).__name__}: {exc}"), 0, None
+        if self._redact:
+            raw = self._redact.body(raw)
         try:
             data = json.loads(raw) if raw else None
-        except ValueError:
+        except (ValueError, RecursionError):
             data = None
-        return self.classifier.classify(HTTPResponse(status, resp_headers, data)), status, data
-
-    def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            if secret:
-                text = text.replace(secret, "[redacted]")
-                token = secret.removeprefix("Bearer ")
-                if token:
-                    text = text.replace(token, "[redacted]")
-        return text
+        outcome = self.classifier.classify(HTTPResponse(status, resp_headers, data))
+        if (
+            isinstance(outcome, InFlight)
+            or (isinstance(outcome, Fatal) and outcome.scope == "engine")
+            or (isinstance(outcome, Retry) and status == 429)
+        ):
+            tries.maybe_sent = earlier  # the provider says it did not run this request
+        return outcome, status, data

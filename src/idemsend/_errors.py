@@ -8,7 +8,8 @@ IdemsendError
 │   ├── UnstableKeyError             a retry derived a different key for the same job
 │   ├── StaleReplayError             unknown outcome older than the provider window
 │   ├── MismatchError                same key, different body (IDEMPOTENCY_MISMATCH)
-│   └── InvalidBodyError             the body cannot be serialised canonically
+│   ├── InvalidBodyError             the body cannot be serialised canonically
+│   └── SetupError                   the provider refused the engine (credentials, URL), not the job
 ├── ConfigError                      wrong setup, raised at construction
 └── MissingExtraError (ImportError)  an optional extra is not installed
 ```
@@ -29,6 +30,7 @@ __all__ = [
     "MismatchError",
     "MissingExtraError",
     "RetryableError",
+    "SetupError",
     "StaleReplayError",
     "UnstableKeyError",
 ]
@@ -79,13 +81,20 @@ class RetryableError(IdemsendError):
 
 
 class FatalError(IdemsendError):
-    """The job can never succeed as it is; do not retry it. ``code`` says why."""
+    """The job can never succeed as it is; do not retry it. ``code`` says why.
+
+    ``detail`` is the bare reason (the provider's message, without the code and key that
+    ``str(error)`` adds): what the ledger records, so a replayed fatal reads the same.
+    """
 
     default_code = "FATAL"
 
-    def __init__(self, message: str, *, code: str | None = None, key: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, key: str | None = None, detail: str | None = None
+    ) -> None:
         super().__init__(message, key=key)
         self.code = code or self.default_code
+        self.detail = message if detail is None else detail
 
 
 class KeyDerivationError(FatalError):
@@ -132,6 +141,18 @@ class InvalidBodyError(FatalError):
     """The body is not JSON-serialisable (or not bytes), so it cannot be sent."""
 
     default_code = "INVALID_BODY"
+
+
+class SetupError(FatalError):
+    """The provider refused the engine, not the job: a stale or wrong API key (401, 403,
+    407), a wrong endpoint (404, 405) or a redirect (the engine never follows one).
+
+    Fatal for this try, so a queue stops retrying a job that cannot work until a person
+    fixes the setup; but it is **not** recorded against the key in the ledger, so the same
+    job runs normally once the setup is fixed and the job is enqueued again.
+    """
+
+    default_code = "SETUP"
 
 
 class ConfigError(IdemsendError, ValueError):

@@ -1,4 +1,4 @@
-"""The ``idemsend`` command: demo, mock-provider, inspect, bench, chaos."""
+"""The ``idemsend`` command: demo, mock-provider, inspect, clear, chaos."""
 
 from __future__ import annotations
 
@@ -64,7 +64,35 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("key")
     inspect.add_argument("--redis", required=True, help="redis:// URL of the ledger")
     inspect.add_argument("--prefix", default="idemsend")
+
+    clear = sub.add_parser(
+        "clear",
+        help="remove a key's fatal record from a RedisLedger, so its job can run again (done records are kept)",
+    )
+    clear.add_argument("key")
+    clear.add_argument("--redis", required=True, help="redis:// URL of the ledger")
+    clear.add_argument("--prefix", default="idemsend")
     return parser
+
+
+async def _clear(url: str, key: str, prefix: str) -> tuple[bool, str]:
+    from .ledger._redis import RedisLedger
+
+    ledger = RedisLedger.from_url(url, prefix=prefix)
+    try:
+        record = await ledger.get(key)
+        if record is None:
+            return False, f"no record for key {key!r}"
+        if record.state != "fatal":
+            return False, (
+                f"key {key!r} is {record.state}, not fatal: only fatal records are cleared"
+                " (clearing a done or in-flight record could let the job send twice)"
+            )
+        if not await ledger.clear(key):
+            return False, f"key {key!r} changed while clearing it; nothing was cleared"
+        return True, f"cleared the fatal record of key {key!r} ({record.code}: {record.message})"
+    finally:
+        await ledger.aclose()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -123,6 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print(json.dumps(record, indent=2, sort_keys=True))
         return 0
+    if args.command == "clear":
+        cleared, text = asyncio.run(_clear(args.redis, args.key, args.prefix))
+        print(text, file=sys.stdout if cleared else sys.stderr)
+        return 0 if cleared else 1
     raise AssertionError(args.command)
 
 

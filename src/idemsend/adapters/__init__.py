@@ -6,9 +6,30 @@
 
 Every adapter maps the one outcome model the same way: sent -> the job succeeds with
 ``result_dict(result)``; ``RetryableError`` -> the queue's own delayed retry after
-``retry_after``; ``FatalError`` -> a failure the queue records and never retries.
+``default_retry_delay`` (the provider's ``retry_after``, else exponential backoff);
+``FatalError`` -> a failure the queue records and never retries.
 """
 
-from ._common import EngineFactory, default_retry_delay, engine_from_env, result_dict, whole_seconds
+from ._common import (
+    DEFAULT_MAX_TRIES,
+    DEFAULT_RETRY_BASE,
+    DEFAULT_RETRY_CAP,
+    EngineFactory,
+    default_retry_delay,
+    engine_from_env,
+    result_dict,
+    retry_span,
+    whole_seconds,
+)
 
-__all__ = ["EngineFactory", "default_retry_delay", "engine_from_env", "result_dict", "whole_seconds"]
+__all__ = [
+    "DEFAULT_MAX_TRIES",
+    "DEFAULT_RETRY_BASE",
+    "DEFAULT_RETRY_CAP",
+    "EngineFactory",
+    "default_retry_delay",
+    "engine_from_env",
+    "result_dict",
+    "retry_span",
+    "whole_seconds",
+]

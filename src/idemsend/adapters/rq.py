@@ -4,7 +4,7 @@
 from idemsend import Engine
 from idemsend.adapters.rq import RQAdapter
 
-idem = RQAdapter(lambda: Engine(URL, key="welcome:{user_id}:{job_id}", api_key=KEY), max_retries=5)
+idem = RQAdapter(lambda: Engine(URL, key="welcome:{user_id}:{job_id}", api_key=KEY), max_retries=9)
 
 def send_welcome(user_id: str, email: str) -> dict:       # an ordinary, sync RQ job
     return idem.send({"user_id": user_id}, {"to": [email], "template": "welcome"})
@@ -18,7 +18,9 @@ job shares one Engine and its pooled connections. The default forking ``Worker``
 each job in a fresh child process: still correct, one Engine per job.
 
 The job id is ``job.id``. ``RetryableError`` returns ``rq.Retry(max, interval=…)`` with the
-provider's ``Retry-After`` (RQ re-enqueues it through its scheduler: run ``rq worker
+provider's ``Retry-After``, else exponential backoff from ``retry_base`` (the default 9
+retries, 10 tries, ride out an outage of about 8.5 minutes: ``retry_span(10)``). RQ
+re-enqueues it through its scheduler: run ``rq worker
 --with-scheduler``). RQ scores a scheduled job in whole seconds and drops the fraction
 (``calendar.timegm(dt.utctimetuple())``), so the interval is rounded up past the next whole
 second (see :func:`rq_interval`): the retry never runs before the provider said it may. On the last
@@ -41,10 +43,18 @@ from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
+from .._classify import MAX_RETRY_AFTER
 from .._engine import Engine
 from .._errors import ConfigError, FatalError, MissingExtraError, RetryableError
 from .._keys import Job
-from ._common import EngineFactory, build_engine, default_retry_delay, result_dict
+from ._common import (
+    DEFAULT_MAX_TRIES,
+    DEFAULT_RETRY_BASE,
+    EngineFactory,
+    build_engine,
+    default_retry_delay,
+    result_dict,
+)
 
 try:
     import anyio.from_thread
@@ -63,8 +73,11 @@ def rq_interval(delay: float, now: float | None = None) -> int:
     dropped, so a plain ``ceil(delay)`` can come back up to a second early. Adding the
     current fraction before rounding up keeps the stored second at or after ``now + delay``.
     """
+    if not math.isfinite(delay):
+        delay = MAX_RETRY_AFTER
     if delay <= 0:
         return 0
+    delay = min(delay, MAX_RETRY_AFTER)
     now = time.time() if now is None else now
     return math.ceil(delay + (now - math.floor(now)))
 
@@ -72,9 +85,14 @@ def rq_interval(delay: float, now: float | None = None) -> int:
 class RQAdapter:
     """Runs ``Engine.send`` for sync RQ jobs on one event loop per worker process."""
 
-    def __init__(self, engine_factory: EngineFactory, *, max_retries: int = 5, retry_base: float = 1.0) -> None:
-        if max_retries < 1:
-            raise ConfigError(f"max_retries must be >= 1, got {max_retries}")
+    def __init__(
+        self, engine_factory: EngineFactory, *, max_retries: int = DEFAULT_MAX_TRIES - 1,
+        retry_base: float = DEFAULT_RETRY_BASE,
+    ) -> None:
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 1:
+            raise ConfigError(f"max_retries must be an integer >= 1, got {max_retries!r}")
+        if not (isinstance(retry_base, int | float) and math.isfinite(retry_base) and 0 < retry_base <= 3600):
+            raise ConfigError(f"retry_base must be a number of seconds in (0, 3600], got {retry_base!r}")
         self.engine_factory = engine_factory
         self.max_retries = max_retries
         self.retry_base = retry_base
