@@ -102,13 +102,14 @@ async def make_sender(variant: str, args: argparse.Namespace, run: str) -> tuple
 
         return send, close
 
-    from idemsend import Engine, Job
+    from idemsend import Engine, Job, Limits
     from idemsend.ledger import MemoryLedger, RedisLedger
 
     ledger = {"engine": None, "memory": MemoryLedger(), "redis": None}[variant] if variant != "redis" else \
         RedisLedger.from_url(args.redis, prefix=f"bench-{run}")
     engine = await Engine(
-        args.url, key="welcome:{user_id}:{job_id}", api_key=args.api_key, ledger=ledger, max_in_flight=conn_limit
+        args.url, key="welcome:{user_id}:{job_id}", api_key=args.api_key, ledger=ledger,
+        limits=Limits(max_in_flight=conn_limit),
     ).start()
 
     async def send(i: int) -> Any:

@@ -126,11 +126,11 @@ def qstash_app(variant: str, url: str) -> Any:
     from aiohttp import web
     from qstash import Receiver
 
-    from idemsend import Engine
+    from idemsend import Engine, Limits
     from idemsend.adapters.qstash import QStashHandler
 
     if variant == "adapter":
-        engine = Engine(url, key="welcome:{user_id}:{job_id}", api_key="bench", max_in_flight=200)
+        engine = Engine(url, key="welcome:{user_id}:{job_id}", api_key="bench", limits=Limits(max_in_flight=200))
         handler = QStashHandler(
             lambda: engine, current_signing_key=SIGNING, next_signing_key=NEXT, url_from_request=True
         )
@@ -227,10 +227,11 @@ def rss_kb() -> int:
 
 
 async def run_scale(args: argparse.Namespace) -> dict[str, Any]:
-    from idemsend import Engine, Job, SendResult
+    from idemsend import Engine, Job, Limits, SendResult
 
     run = uuid.uuid4().hex[:8]
-    async with Engine(args.url, key="scale:{job_id}", api_key="bench", max_in_flight=args.sends, timeout=120) as engine:
+    limits = Limits(max_in_flight=args.sends)
+    async with Engine(args.url, key="scale:{job_id}", api_key="bench", limits=limits, timeout=120) as engine:
         base = rss_kb()
         peak = base
         tasks = [asyncio.ensure_future(engine.send(Job(f"{run}-{i}"), {"to": [f"u{i}@example.com"]}))

@@ -12,11 +12,14 @@ from idemsend import (
     ConfigError,
     Engine,
     FatalError,
+    InFlightWait,
     InvalidBodyError,
     Job,
     KeyDerivationError,
+    Limits,
     MismatchError,
     RetryableError,
+    RetryPolicy,
     SendResult,
 )
 from idemsend.testing import Faults, MockProvider
@@ -108,7 +111,7 @@ async def test_mismatch_is_fatal_and_not_retried(mock_provider: MockProvider) ->
 
 async def test_5xx_then_success_sends_once(mock_provider: MockProvider) -> None:
     mock_provider.script("5xx", "5xx")
-    async with engine(mock_provider, backoff=0.01) as e:
+    async with engine(mock_provider, retry=RetryPolicy(backoff=0.01)) as e:
         result = await e.send(job(), BODY)
     assert result.attempts == 3
     assert mock_provider.sends == 1
@@ -116,7 +119,7 @@ async def test_5xx_then_success_sends_once(mock_provider: MockProvider) -> None:
 
 async def test_lost_response_retried_with_same_key(mock_provider: MockProvider) -> None:
     mock_provider.script("lost")
-    async with engine(mock_provider, backoff=0.01) as e:
+    async with engine(mock_provider, retry=RetryPolicy(backoff=0.01)) as e:
         result = await e.send(job(), BODY)
     assert result.replayed and result.attempts == 2
     assert mock_provider.sends == 1
@@ -137,7 +140,7 @@ async def test_429_honours_retry_after(mock_provider: MockProvider) -> None:
 async def test_429_longer_than_inline_limit_goes_back_to_the_queue(mock_provider: MockProvider) -> None:
     mock_provider.faults.retry_after = 30
     mock_provider.script("429")
-    async with engine(mock_provider, max_inline_delay=5) as e:
+    async with engine(mock_provider, retry=RetryPolicy(max_inline_delay=5)) as e:
         with pytest.raises(RetryableError) as info:
             await e.send(job(), BODY)
     assert info.value.retry_after == 30
@@ -145,7 +148,7 @@ async def test_429_longer_than_inline_limit_goes_back_to_the_queue(mock_provider
 
 
 async def test_timeout_is_retried_with_same_key() -> None:
-    async with MockProvider(processing_delay=0.5) as p, engine(p, timeout=0.2, backoff=0.01) as e:
+    async with MockProvider(processing_delay=0.5) as p, engine(p, timeout=0.2, retry=RetryPolicy(backoff=0.01)) as e:
         result = await e.send(job(), BODY)
     # try 1 timed out while the provider was processing (an unknown outcome); the retry
     # used the same key, met IN_FLIGHT, waited, and got the stored response
@@ -157,7 +160,7 @@ async def test_timeout_is_retried_with_same_key() -> None:
 
 async def test_retry_budget_is_bounded(mock_provider: MockProvider) -> None:
     mock_provider.faults = Faults(rate_5xx=1.0)
-    async with engine(mock_provider, retries=2, backoff=0.01) as e:
+    async with engine(mock_provider, retry=RetryPolicy(retries=2, backoff=0.01)) as e:
         with pytest.raises(RetryableError) as info:
             await e.send(job(), BODY)
     assert mock_provider.stats.requests == 3
@@ -168,7 +171,7 @@ async def test_retry_budget_is_bounded(mock_provider: MockProvider) -> None:
 
 async def test_in_flight_budget_is_bounded(mock_provider: MockProvider) -> None:
     mock_provider.faults = Faults(rate_in_flight=1.0)
-    async with engine(mock_provider, in_flight_delay=0.05, in_flight_budget=0.3) as e:
+    async with engine(mock_provider, in_flight=InFlightWait(delay=0.05, budget=0.3)) as e:
         with pytest.raises(RetryableError) as info:
             await e.send(job(), BODY)
     assert info.value.reason == "in_flight"
@@ -215,7 +218,7 @@ async def test_other_4xx_is_fatal_with_provider_code(mock_provider: MockProvider
 async def test_send_many_per_item_results(mock_provider: MockProvider) -> None:
     pairs = [(job(i), {**BODY, "n": i}) for i in range(100)]
     # ten of them will be sent with a changed body after a first send: mismatch
-    async with engine(mock_provider, backoff=0.01) as e:
+    async with engine(mock_provider, retry=RetryPolicy(backoff=0.01)) as e:
         for i in range(10):
             await e.send(job(i), {**BODY, "n": -1})
         results = await e.send_many(pairs)
@@ -236,7 +239,7 @@ async def test_send_many_uses_one_key_per_message_not_the_batch_endpoint(mock_pr
 
 
 async def test_max_in_flight_is_never_exceeded() -> None:
-    async with MockProvider(processing_delay=0.02) as p, engine(p, max_in_flight=7) as e:
+    async with MockProvider(processing_delay=0.02) as p, engine(p, limits=Limits(max_in_flight=7)) as e:
         results = await e.send_many([(job(i), BODY) for i in range(120)])
     assert all(isinstance(r, SendResult) for r in results)
     assert p.sends == 120
@@ -244,7 +247,7 @@ async def test_max_in_flight_is_never_exceeded() -> None:
 
 
 async def test_rate_limit_spaces_requests(mock_provider: MockProvider) -> None:
-    async with engine(mock_provider, rate_limit=50) as e:
+    async with engine(mock_provider, limits=Limits(rate=50)) as e:
         start = time.monotonic()
         await e.send_many([(job(i), BODY) for i in range(11)])
         elapsed = time.monotonic() - start
@@ -257,7 +260,7 @@ async def test_api_key_never_leaks(mock_provider: MockProvider, caplog: pytest.L
     mock_provider.api_key = None  # accept any key, so the success path runs too
     caplog.set_level(logging.DEBUG)
     texts: list[str] = []
-    e = engine(mock_provider, api_key=secret, retries=1, backoff=0.01)
+    e = engine(mock_provider, api_key=secret, retry=RetryPolicy(retries=1, backoff=0.01))
     texts.append(repr(e))
     async with e:
         texts.append(repr(e))
@@ -270,7 +273,7 @@ async def test_api_key_never_leaks(mock_provider: MockProvider, caplog: pytest.L
         with pytest.raises(MismatchError) as fatal:
             await e.send(job(1), {"other": 1})
         texts += [str(fatal.value), repr(fatal.value)]
-    async with Engine("http://127.0.0.1:1/api", key=KEY, api_key=secret, retries=0) as dead:
+    async with Engine("http://127.0.0.1:1/api", key=KEY, api_key=secret, retry=0) as dead:
         with pytest.raises(RetryableError) as net:
             await dead.send(job(3), BODY)
         texts += [str(net.value), repr(dead)]
@@ -293,8 +296,9 @@ async def test_send_before_start_is_a_config_error(mock_provider: MockProvider) 
     [
         ({"url": "ftp://x"}, "http"),
         ({"key": 42}, "derive"),
-        ({"max_in_flight": 0}, "max_in_flight"),
-        ({"classifier": object()}, "classify"),
+        ({"limits": {"max_in_flight": 0}}, "Limits"),
+        ({"retry": "3"}, "RetryPolicy"),
+        ({"provider": object()}, "Provider"),
         ({"ledger": object()}, "Ledger"),
         ({"key": "x:{attempt}"}, "changes on every retry"),
         ({"key": "x:{a.b}"}, "plain name"),

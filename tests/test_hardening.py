@@ -20,16 +20,20 @@ from idemsend import (
     ConfigError,
     Engine,
     FatalError,
+    InFlightWait,
     InvalidBodyError,
     Job,
+    Limits,
     MismatchError,
+    Provider,
     RetryableError,
+    RetryPolicy,
     SendResult,
     SetupError,
     StaleReplayError,
 )
 from idemsend.adapters import default_retry_delay, retry_span, whole_seconds
-from idemsend.classify import MAX_RETRY_AFTER, Stripe
+from idemsend.classify import MAX_RETRY_AFTER
 from idemsend.ledger import MemoryLedger, RedisLedger
 from idemsend.testing import MockProvider, RedisServer
 from idemsend.testing._redis_server import free_port
@@ -37,6 +41,7 @@ from idemsend.testing._redis_server import free_port
 pytestmark = pytest.mark.anyio
 
 KEY = "welcome:{user_id}:{job_id}"
+URL = "http://127.0.0.1:1/x"
 BODY = {"to": ["ada@example.com"], "template": "welcome"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -45,7 +50,7 @@ def job(n: int | str = 1) -> Job:
     return Job(f"job-{n}", {"user_id": "u1"})
 
 
-class Provider:
+class FakeProvider:
     """A tiny real HTTP server whose answer each test scripts: the provider misbehaving."""
 
     def __init__(self) -> None:
@@ -83,8 +88,8 @@ class Provider:
 
 
 @pytest.fixture
-async def provider() -> AsyncIterator[Provider]:
-    p = Provider()
+async def provider() -> AsyncIterator[FakeProvider]:
+    p = FakeProvider()
     await p.start()
     try:
         yield p
@@ -105,7 +110,7 @@ def answer(status: int, body: Any = None, *, headers: dict[str, str] | None = No
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
-async def test_a_redirect_is_never_followed_and_never_recorded(provider: Provider, status: int) -> None:
+async def test_a_redirect_is_never_followed_and_never_recorded(provider: FakeProvider, status: int) -> None:
     async def redirect_or_list(request: web.Request) -> web.StreamResponse:
         if request.path == "/api/v1/emails":
             location = f"http://127.0.0.1:{provider.port}/v2/emails?token=sekrit-token-1234"
@@ -133,10 +138,11 @@ async def test_a_redirect_is_never_followed_and_never_recorded(provider: Provide
     [answer(200, text="<html>proxy says hello</html>"), answer(200, None), answer(200, {}), answer(202, {"id": None})],
     ids=["html", "empty", "no id", "null id"],
 )
-async def test_a_2xx_without_an_id_is_retried_not_recorded(provider: Provider, bad: Handler) -> None:
+async def test_a_2xx_without_an_id_is_retried_not_recorded(provider: FakeProvider, bad: Handler) -> None:
     provider.answer = bad
     ledger = MemoryLedger()
-    async with Engine(provider.url, key=KEY, api_key="k-123456", ledger=ledger, retries=1, backoff=0.01) as e:
+    retry = RetryPolicy(retries=1, backoff=0.01)
+    async with Engine(provider.url, key=KEY, api_key="k-123456", ledger=ledger, retry=retry) as e:
         with pytest.raises(RetryableError):
             await e.send(job(), BODY)
         record = await ledger.get("welcome:u1:job-1")
@@ -165,7 +171,7 @@ async def test_a_stale_api_key_is_not_recorded_and_the_job_runs_once_fixed(redis
 
 
 async def test_a_recorded_fatal_reads_the_same_when_replayed_and_can_be_cleared(
-    provider: Provider, redis_url: str
+    provider: FakeProvider, redis_url: str
 ) -> None:
     provider.answer = answer(422, {"error": {"code": "VALIDATION_ERROR", "message": "to is not an address"}})
     prefix = f"h-{uuid.uuid4().hex[:8]}"
@@ -228,12 +234,13 @@ async def test_a_worker_clock_hours_behind_does_not_resend_a_stale_unknown_outco
 # -- 8. a failure the provider stored for the key -----------------------------------------------
 
 
-async def test_a_replayed_500_is_final_and_not_retried(provider: Provider) -> None:
+async def test_a_replayed_500_is_final_and_not_retried(provider: FakeProvider) -> None:
     provider.answer = answer(
         500, {"error": {"type": "api_error", "message": "boom"}}, headers={"Idempotent-Replayed": "true"}
     )
     ledger = MemoryLedger()
-    async with Engine(provider.url, key=KEY, api_key="k-123456", classifier=Stripe(), ledger=ledger, retries=3) as e:
+    stripe = Provider.stripe()
+    async with Engine(provider.url, key=KEY, api_key="k-123456", provider=stripe, ledger=ledger, retry=3) as e:
         with pytest.raises(FatalError) as info:
             await e.send(job(), BODY)
     assert not isinstance(info.value, SetupError)
@@ -273,9 +280,9 @@ async def test_an_overlapping_duplicate_with_a_drifted_body_gets_what_a_later_on
 
 
 @pytest.mark.parametrize("value", ["Infinity", "nan", "1e308", "-5"])
-async def test_a_hostile_retry_after_is_finite_and_stalls_nothing(provider: Provider, value: str) -> None:
+async def test_a_hostile_retry_after_is_finite_and_stalls_nothing(provider: FakeProvider, value: str) -> None:
     provider.answer = answer(429, {"error": {"code": "RATE_LIMITED"}}, headers={"Retry-After": value})
-    async with Engine(provider.url, key=KEY, api_key="k-123456", rate_limit=100, retries=0) as e:
+    async with Engine(provider.url, key=KEY, api_key="k-123456", limits=Limits(rate=100), retry=0) as e:
         with pytest.raises(RetryableError) as info:
             await e.send(job(1), BODY)
         after = info.value.retry_after
@@ -299,40 +306,41 @@ async def test_a_hostile_retry_after_is_finite_and_stalls_nothing(provider: Prov
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "needle"),
+    ("make", "needle"),
     [
-        ({"in_flight_delay": 0}, "in_flight_delay"),
-        ({"in_flight_delay": -1}, "in_flight_delay"),
-        ({"timeout": math.inf}, "timeout"),
-        ({"timeout": math.nan}, "timeout"),
-        ({"backoff": -0.1}, "backoff"),
-        ({"backoff": 1.0, "max_backoff": 0.5}, "max_backoff"),
-        ({"retries": 1.5}, "retries"),
-        ({"retries": True}, "retries"),
-        ({"max_in_flight": "10"}, "max_in_flight"),
-        ({"in_flight_budget": math.inf}, "in_flight_budget"),
-        ({"lease": 0}, "lease"),
-        ({"rate_limit": 0}, "rate_limit"),
-        ({"rate_limit": math.nan}, "rate_limit"),
-        ({"max_inline_delay": -1}, "max_inline_delay"),
-        ({"provider_window": 3600, "stale_margin": 3600}, "stale_margin"),
-        ({"headers": {"X-A": "a\r\nX-Injected: 1"}}, "single-line"),
+        (lambda: InFlightWait(delay=0), "in_flight delay"),
+        (lambda: InFlightWait(delay=-1), "in_flight delay"),
+        (lambda: InFlightWait(budget=math.inf), "in_flight budget"),
+        (lambda: Engine(URL, key=KEY, timeout=math.inf), "timeout"),
+        (lambda: Engine(URL, key=KEY, timeout=math.nan), "timeout"),
+        (lambda: Engine(URL, key=KEY, lease=0), "lease"),
+        (lambda: RetryPolicy(backoff=-0.1), "backoff"),
+        (lambda: RetryPolicy(backoff=1.0, max_backoff=0.5), "max_backoff"),
+        (lambda: RetryPolicy(retries=1.5), "retries"),  # type: ignore[arg-type]
+        (lambda: RetryPolicy(retries=True), "retries"),
+        (lambda: RetryPolicy(max_inline_delay=-1), "max_inline_delay"),
+        (lambda: Limits(max_in_flight="10"), "max_in_flight"),  # type: ignore[arg-type]
+        (lambda: Limits(rate=0), "rate"),
+        (lambda: Limits(rate=math.nan), "rate"),
+        (lambda: Provider(window=3600, stale_margin=3600), "stale_margin"),
+        (lambda: Provider(idempotency_header="Idempotency Key"), "idempotency_header"),
+        (lambda: Engine(URL, key=KEY, headers={"X-A": "a\r\nX-Injected: 1"}), "single-line"),
     ],
 )
-def test_every_timing_knob_is_validated(kwargs: dict[str, Any], needle: str) -> None:
+def test_every_timing_knob_is_validated(make: Callable[[], object], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
-        Engine("http://127.0.0.1:1/x", key=KEY, **kwargs)
+        make()
 
 
 # -- 12. deep input ---------------------------------------------------------------------------
 
 
-async def test_deep_bodies_and_deep_responses_are_clear_errors(provider: Provider) -> None:
+async def test_deep_bodies_and_deep_responses_are_clear_errors(provider: FakeProvider) -> None:
     deep: Any = {}
     for _ in range(5000):
         deep = {"a": deep}
     provider.answer = answer(200, text="[" * 100_000)
-    async with Engine(provider.url, key=KEY, api_key="k-123456", retries=0) as e:
+    async with Engine(provider.url, key=KEY, api_key="k-123456", retry=0) as e:
         with pytest.raises(InvalidBodyError, match="nested too deeply"):
             await e.send(job(1), deep)
         assert provider.count() == 0
@@ -344,7 +352,7 @@ async def test_deep_bodies_and_deep_responses_are_clear_errors(provider: Provide
 
 
 async def test_no_credential_in_any_log_error_repr_result_or_ledger_record(
-    provider: Provider, caplog: pytest.LogCaptureFixture
+    provider: FakeProvider, caplog: pytest.LogCaptureFixture
 ) -> None:
     api_key, token, url_secret = "sk_live_SECRET_4242", "pm-server-token-9999", "query-secret-7777"
 
@@ -375,7 +383,7 @@ async def test_no_credential_in_any_log_error_repr_result_or_ledger_record(
         for key in ("ok:j1", "fail:j2"):
             texts.append(repr(await ledger.get(key)))
     # a password in the URL (aiohttp sends it as Basic auth) stays out of reprs and errors
-    async with Engine(f"http://user:{url_secret}@127.0.0.1:1/x", key=KEY, retries=0) as dead:
+    async with Engine(f"http://user:{url_secret}@127.0.0.1:1/x", key=KEY, retry=0) as dead:
         texts.append(repr(dead))
         with pytest.raises(RetryableError) as refused:
             await dead.send(job(), BODY)

@@ -20,7 +20,9 @@ from idemsend import (
     FatalError,
     Job,
     MismatchError,
+    Provider,
     RetryableError,
+    RetryPolicy,
     SetupError,
     StaleReplayError,
     UnstableKeyError,
@@ -492,7 +494,8 @@ BODY = {"to": ["ada@example.com"], "name": "Ada"}
 
 
 def engine_for(p: MockProvider, ledger: Ledger | None, **kw: Any) -> Engine:
-    return Engine(p.emails_url, key=KEY, api_key=p.api_key, ledger=ledger, backoff=0.01, **kw)
+    kw.setdefault("retry", RetryPolicy(backoff=0.01))
+    return Engine(p.emails_url, key=KEY, api_key=p.api_key, ledger=ledger, **kw)
 
 
 async def test_replay_after_the_provider_window(ledger: Ledger) -> None:
@@ -514,7 +517,7 @@ async def test_replay_after_the_provider_window(ledger: Ledger) -> None:
 async def test_drifted_body_resends_the_first_bytes(ledger: Ledger, caplog: pytest.LogCaptureFixture) -> None:
     async with MockProvider() as p:
         job = Job("j1", {"user_id": "u1"})
-        async with engine_for(p, ledger, retries=0) as e:
+        async with engine_for(p, ledger, retry=0) as e:
             p.script("lost")
             with pytest.raises(RetryableError):
                 await e.send(job, BODY)  # committed at the provider, the response lost
@@ -540,7 +543,7 @@ async def test_timestamp_in_the_key_is_unstable(ledger: Ledger) -> None:
 async def test_unstable_key_after_a_failed_first_attempt_sends_at_most_once(ledger: Ledger) -> None:
     async with MockProvider() as p:
         async with Engine(
-            p.emails_url, key="welcome:{job_id}:{ts}", api_key=p.api_key, ledger=ledger, retries=0
+            p.emails_url, key="welcome:{job_id}:{ts}", api_key=p.api_key, ledger=ledger, retry=0
         ) as e:
             p.script("5xx")
             with pytest.raises(RetryableError):
@@ -553,7 +556,7 @@ async def test_unstable_key_after_a_failed_first_attempt_sends_at_most_once(ledg
 async def test_unknown_outcome_past_the_window_is_stale(ledger: Ledger) -> None:
     async with MockProvider() as p:
         job = Job("j1", {"user_id": "u1"})
-        async with engine_for(p, ledger, retries=0, provider_window=0.6, stale_margin=0.3) as e:
+        async with engine_for(p, ledger, retry=0, provider=Provider(window=0.6, stale_margin=0.3)) as e:
             p.script("lost")
             with pytest.raises(RetryableError):
                 await e.send(job, BODY)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from idemsend import Engine, Job, RetryableError
+from idemsend import Engine, Job, Limits, RetryableError, RetryPolicy
 from idemsend.ledger import RedisLedger
 from idemsend.testing import MockProvider, RedisServer
 
@@ -86,7 +86,7 @@ async def test_redis_stopped_mid_run_fails_closed_and_loses_nothing() -> None:
             ledger = RedisLedger.from_url(server.url, socket_timeout=2)
             async with Engine(
                 p.emails_url, key="welcome:{user_id}:{job_id}", api_key=p.api_key, ledger=ledger,
-                lease=1.0, max_in_flight=20, backoff=0.01,
+                lease=1.0, limits=Limits(max_in_flight=20), retry=RetryPolicy(backoff=0.01),
             ) as e:
 
                 async def deliver(job: Job) -> None:

@@ -232,7 +232,7 @@ async def test_asgi_lifespan_starts_the_engine_or_reports_why_not() -> None:
     sent = await lifespan(good)
     assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert len(made) == 1  # started at startup, closed at shutdown
-    with pytest.raises(ConfigError, match="not started"):
+    with pytest.raises(ConfigError, match="closed"):
         await made[0].send(Job("j1"), {"to": ["a@example.com"]})
 
 

@@ -4,6 +4,7 @@
 ``result = await engine.send(Job(id, data), body)``
 """
 
+from ._config import InFlightWait, Limits, Provider, RetryPolicy
 from ._engine import Engine
 from ._errors import (
     ConfigError,
@@ -18,26 +19,44 @@ from ._errors import (
     StaleReplayError,
     UnstableKeyError,
 )
+from ._hooks import Hook, LedgerInfo, OutcomeInfo, SendInfo, SendObserver, TryInfo, WaitInfo
 from ._keys import Job, KeyDeriver, Template, validate_key
 from ._result import SendResult
+from ._transport import AiohttpTransport, RawResponse, Transport, TransportError, TransportRequest
 
 __all__ = [
+    "AiohttpTransport",
     "ConfigError",
     "Engine",
     "FatalError",
+    "Hook",
     "IdemsendError",
+    "InFlightWait",
     "InvalidBodyError",
     "Job",
     "KeyDerivationError",
     "KeyDeriver",
+    "LedgerInfo",
+    "Limits",
     "MismatchError",
     "MissingExtraError",
+    "OutcomeInfo",
+    "Provider",
+    "RawResponse",
+    "RetryPolicy",
     "RetryableError",
+    "SendInfo",
+    "SendObserver",
     "SendResult",
     "SetupError",
     "StaleReplayError",
     "Template",
+    "Transport",
+    "TransportError",
+    "TransportRequest",
+    "TryInfo",
     "UnstableKeyError",
+    "WaitInfo",
     "validate_key",
 ]
 __version__ = "0.1.0"

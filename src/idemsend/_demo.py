@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from ._config import InFlightWait, Limits, RetryPolicy
 from ._engine import Engine
 from ._errors import FatalError, RetryableError
 from ._keys import Job
@@ -133,7 +134,8 @@ async def run_demo(
         engines = [
             Engine(
                 provider.emails_url, key="welcome:{user_id}:{job_id}", api_key=provider.api_key,
-                ledger=shared, retries=1, backoff=0.01, in_flight_delay=0.05, max_in_flight=concurrency,
+                ledger=shared, retry=RetryPolicy(retries=1, backoff=0.01), in_flight=InFlightWait(delay=0.05),
+                limits=Limits(max_in_flight=concurrency),
             )
             for _ in range(2)
         ]

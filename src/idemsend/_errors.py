@@ -168,3 +168,16 @@ class MissingExtraError(ImportError):
             name=module,
         )
         self.extra = extra
+
+
+def fatal_error(
+    code: str, detail: str, key: str, *, setup: bool = False, recorded: bool = False
+) -> FatalError:
+    """The error for a fatal outcome of ``key``; ``detail`` is the bare reason (what the
+    ledger keeps), ``setup`` makes it a ``SetupError``, ``recorded`` says it was answered
+    from the ledger."""
+    where = " (recorded in the ledger)" if recorded else ""
+    if code == MISMATCH:
+        return MismatchError(f"{detail} (key {key!r}){where}", key=key, detail=detail)
+    cls = SetupError if setup else FatalError
+    return cls(f"{code}: {detail} (key {key!r}){where}", code=code, key=key, detail=detail)

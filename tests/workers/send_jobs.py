@@ -12,7 +12,7 @@ import json
 import sys
 import time
 
-from idemsend import Engine, FatalError, Job, RetryableError
+from idemsend import Engine, FatalError, Job, Limits, RetryableError
 from idemsend.ledger import RedisLedger
 
 
@@ -33,7 +33,7 @@ async def main() -> None:
     stop_at = time.monotonic() + args.deadline
     engine = Engine(
         args.url, key="welcome:{user_id}:{job_id}", api_key=args.api_key, lease=args.lease,
-        ledger=RedisLedger.from_url(args.redis, prefix=args.prefix), max_in_flight=args.concurrency,
+        ledger=RedisLedger.from_url(args.redis, prefix=args.prefix), limits=Limits(max_in_flight=args.concurrency),
     )
     sem = asyncio.Semaphore(args.concurrency)
 

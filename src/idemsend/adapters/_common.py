@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .._classify import MAX_RETRY_AFTER
+from .._config import Limits
 from .._engine import Engine
 from .._errors import ConfigError, RetryableError
 from .._result import SendResult
@@ -122,8 +123,8 @@ def engine_from_env(env: Mapping[str, str] | None = None) -> Engine:
         key=env.get("IDEMSEND_KEY", "welcome:{user_id}:{job_id}"),
         api_key=env.get("IDEMSEND_API_KEY"),
         ledger=ledger,
-        retries=int(env.get("IDEMSEND_RETRIES", "3")),
+        retry=int(env.get("IDEMSEND_RETRIES", "3")),
         lease=float(env.get("IDEMSEND_LEASE", "30")),
-        max_in_flight=int(env.get("IDEMSEND_MAX_IN_FLIGHT", "100")),
+        limits=Limits(max_in_flight=int(env.get("IDEMSEND_MAX_IN_FLIGHT", "100"))),
         timeout=float(env.get("IDEMSEND_TIMEOUT", "10")),
     )

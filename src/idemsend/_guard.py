@@ -1,0 +1,301 @@
+"""The ledger guard: claim the key, answer from the ledger when it can, keep the lease
+while the HTTP part runs, and settle the outcome.
+
+* **claim loop**: a done record answers at once (``from_ledger``); a fatal one raises its
+  recorded error; another worker's live lease is waited on like an IN_FLIGHT, within the
+  in-flight budget.
+* **stale rule**: an unknown outcome older than the provider window minus the margin, by
+  the ledger's own clock (``Claimed.age``), is not resent (``StaleReplayError``).
+* **frozen body**: a resumed claim sends the first attempt's bytes (drift is logged).
+* **leases**: one renewer task per engine keeps every lease it holds.
+* **settling**: done -> ``complete``; fatal for the key -> ``fail``; a setup error or an
+  unknown outcome -> ``release`` (forgetting a fresh record whose tries ran nothing). A
+  ledger that cannot be reached after the send does not undo the send: the lease runs out
+  and the next attempt resumes it, and the provider replays it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+from ._attempts import Tries, finite_delay
+from ._config import InFlightWait, Provider
+from ._errors import (
+    ConfigError,
+    FatalError,
+    MismatchError,
+    RetryableError,
+    SetupError,
+    StaleReplayError,
+    UnstableKeyError,
+    fatal_error,
+)
+from ._hooks import LedgerInfo, SendObserver, WaitInfo
+from ._keys import Job
+from ._redact import Redactor
+from ._result import SendResult
+from .ledger._base import Busy, Claimed, Conflict, Done, Failed, Ledger, LedgerUnavailableError, SettleResult, Unstable
+
+__all__ = ["LedgerGuard", "log_drift"]
+
+log = logging.getLogger("idemsend.engine")
+
+T = TypeVar("T")
+Deliver = Callable[[bytes, str, Tries], Awaitable[SendResult]]
+
+
+def log_drift(job_id: str, first: str, now: str) -> None:
+    """Log a body that changed between attempts of one job, with both fingerprints."""
+    log.warning(
+        "idemsend: job %s body changed between attempts (first %s, now %s); the first body stands",
+        job_id, first[:16], now[:16],
+    )
+
+
+def _claim_kind(claim: object) -> str:
+    return type(claim).__name__.lower()
+
+
+class LeaseKeeper:
+    """Renews every lease this engine holds that is older than a third of its length,
+    checked six times a lease, in one batch; most sends finish long before, and then
+    renewal costs nothing. One task per engine, not a timer per send."""
+
+    def __init__(self, ledger: Ledger, lease: float, settle: Callable[[str, str, Awaitable[SettleResult]], Any]):
+        self.ledger = ledger
+        self.lease = lease
+        self._settle = settle
+        self._held: dict[str, tuple[str, float]] = {}  # key -> (token, last renewed, monotonic)
+        self._task: asyncio.Task[None] | None = None
+
+    def hold(self, key: str, token: str) -> None:
+        """Keep ``key``'s lease (taken with ``token``) until ``drop``."""
+        self._held[key] = (token, time.monotonic())
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._run())
+
+    def drop(self, key: str) -> None:
+        """Stop renewing ``key``."""
+        self._held.pop(key, None)
+
+    async def _run(self) -> None:
+        third = self.lease / 3
+        while self._held:
+            await asyncio.sleep(self.lease / 6)
+            now = time.monotonic()
+            due = [(key, token) for key, (token, since) in self._held.items() if now - since >= third]
+            for key, token in due:
+                self._held[key] = (token, now)
+            if due:
+                await asyncio.gather(*(
+                    self._settle(key, "renew", self.ledger.renew(key=key, token=token, lease=self.lease))
+                    for key, token in due
+                ))
+
+    def cancel(self) -> None:
+        """Stop the renewer (the engine is closing)."""
+        if self._task is not None:
+            self._task.cancel()
+
+
+class LedgerGuard:
+    """Puts a ledger around the HTTP part of every send (see the module docstring)."""
+
+    def __init__(
+        self, ledger: Ledger, *, lease: float, provider: Provider, in_flight: InFlightWait, redact: Redactor
+    ) -> None:
+        self.ledger = ledger
+        self.lease = lease
+        self.provider = provider
+        self.in_flight = in_flight
+        self._redact = redact
+        self._started = False
+        self.leases = LeaseKeeper(ledger, lease, self._settle)
+
+    async def start(self) -> None:
+        """Run the ledger's own start check (a RedisLedger refuses a Redis that evicts). A
+        ledger that cannot be reached does not stop the engine: its sends fail closed
+        (``RetryableError``, nothing sent) and the check runs again before the first one."""
+        try:
+            await self._start()
+        except LedgerUnavailableError as exc:
+            log.warning(
+                "idemsend: the ledger could not be checked at start (%s); checked again before the first send",
+                self._redact.text(str(exc)),
+            )
+
+    async def _start(self) -> None:
+        await self.ledger.start()
+        self._started = True
+
+    async def aclose(self) -> None:
+        """Stop renewing and close the ledger."""
+        self.leases.cancel()
+        await self.ledger.aclose()
+
+    async def send(
+        self, job: Job, key: str, payload: bytes, fp: str, token: str, deliver: Deliver,
+        observer: SendObserver | None,
+    ) -> SendResult:
+        """Claim ``key``, then answer from the ledger or run ``deliver`` and settle."""
+        ledger = self.ledger
+        if not self._started:
+            try:
+                await self._call(key, "start", self._start(), observer)
+            except ConfigError as exc:
+                raise SetupError(
+                    f"LEDGER_CONFIG: {exc} (key {key!r})", code="LEDGER_CONFIG", key=key, detail=str(exc)
+                ) from exc
+        budget = self.in_flight.budgeted()
+        while True:
+            claim = await self._call(key, "claim", ledger.claim(
+                key=key, job_id=job.id, payload=payload, fingerprint=fp, token=token, lease=self.lease
+            ), observer)
+            if isinstance(claim, Claimed):
+                break
+            if isinstance(claim, Done):
+                if claim.fingerprint and claim.fingerprint != fp:
+                    log_drift(job.id, claim.fingerprint, fp)
+                return _from_record(job, key, claim.fingerprint or fp, claim.response)
+            if isinstance(claim, Failed):
+                raise fatal_error(claim.code, claim.message, key, recorded=True)
+            if isinstance(claim, Unstable):
+                raise UnstableKeyError(
+                    f"job {job.id!r} derived key {key!r} but its earlier attempt used {claim.recorded_key!r};"
+                    " the key template must not change between retries (no timestamps or attempt numbers)",
+                    key=key,
+                    recorded_key=claim.recorded_key,
+                )
+            if isinstance(claim, Conflict):
+                raise MismatchError(
+                    f"key {key!r} is recorded for another job with a different body"
+                    f" (recorded {claim.recorded_fingerprint[:12]}, this {fp[:12]})",
+                    key=key,
+                )
+            assert isinstance(claim, Busy)
+            # Another worker holds the lease: wait like an IN_FLIGHT, within the budget.
+            delay = budget.next(hint=claim.retry_after)
+            if delay is None:
+                raise RetryableError(
+                    f"key {key!r} is being sent by another worker",
+                    retry_after=finite_delay(claim.retry_after), key=key, reason="busy",
+                )
+            if observer is not None:
+                observer.on_wait(WaitInfo("busy", delay, "another worker holds the lease"))
+            await asyncio.sleep(delay)
+
+        window = self.provider.window - self.provider.stale_margin
+        if not claim.fresh and claim.age > window:
+            await self._stale(key, token, claim, observer)
+        if claim.fingerprint != fp:
+            log_drift(job.id, claim.fingerprint, fp)
+            payload, fp = claim.payload, claim.fingerprint
+        self.leases.hold(key, token)
+        tries = Tries()
+        try:
+            result = await deliver(payload, fp, tries)
+        except SetupError:
+            # The engine's setup is wrong, not the job: nothing is recorded against the key,
+            # and a fresh claim whose tries ran nothing is forgotten outright.
+            forget = claim.fresh and not tries.maybe_sent
+            await self._settle(key, "release", ledger.release(key=key, token=token, forget=forget), observer)
+            raise
+        except FatalError as exc:
+            await self._settle(key, "fail", ledger.fail(key=key, token=token, code=exc.code, message=exc.detail),
+                               observer)
+            raise
+        except BaseException:
+            # Unknown outcome: keep the record (frozen body, first-sent time), drop the lease,
+            # unless this was the first claim and no try can have reached the provider.
+            forget = claim.fresh and not tries.maybe_sent
+            await self._settle(key, "release", ledger.release(key=key, token=token, forget=forget), observer)
+            raise
+        finally:
+            self.leases.drop(key)
+        record = {"id": result.id, "status": result.status, "response": result.response}
+        await self._settle(key, "complete", ledger.complete(key=key, token=token, response=record), observer)
+        return result
+
+    async def _stale(self, key: str, token: str, claim: Claimed, observer: SendObserver | None) -> None:
+        first = claim.first_sent_at
+        detail = (
+            f"first sent at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(first))}"
+            f" ({claim.age / 3600:.1f} h ago) with an unknown outcome, and the provider has forgotten"
+            " the key by now; resending could double-send, so it is not resent"
+        )
+        err = StaleReplayError(f"STALE_REPLAY: {detail} (key {key!r})", key=key, first_sent_at=first)
+        err.detail = detail
+        await self._call(key, "fail", self.ledger.fail(key=key, token=token, code=err.code, message=detail), observer)
+        raise err
+
+    async def _call(self, key: str, op: str, call: Awaitable[T], observer: SendObserver | None) -> T:
+        """A ledger call before the send: an unreachable ledger means nothing is sent."""
+        started = time.monotonic()
+        try:
+            result = await call
+        except LedgerUnavailableError as exc:
+            if observer is not None:
+                observer.on_ledger(LedgerInfo(op, time.monotonic() - started, "unavailable"))
+            # No retry_after: the queue's own backoff spreads the retries over the outage.
+            raise RetryableError(
+                f"the ledger is unreachable, nothing was sent for key {key!r}: {self._redact.text(str(exc))}",
+                key=key,
+                reason="ledger",
+            ) from exc
+        if observer is not None:
+            kind = _claim_kind(result) if op == "claim" else "ok"
+            observer.on_ledger(LedgerInfo(op, time.monotonic() - started, kind))
+        return result
+
+    async def _settle(
+        self, key: str, op: str, call: Awaitable[SettleResult], observer: SendObserver | None = None
+    ) -> SettleResult | None:
+        """Record an outcome after the HTTP part; None when the ledger is unreachable (the
+        send's own result stands: see the module docstring)."""
+        started = time.monotonic()
+        try:
+            result = await call
+        except LedgerUnavailableError as exc:
+            if observer is not None:
+                observer.on_ledger(LedgerInfo(op, time.monotonic() - started, "unavailable"))
+            log.warning("idemsend: could not %s key %s in the ledger: %s", op, key, self._redact.text(str(exc)))
+            return None
+        if observer is not None:
+            observer.on_ledger(LedgerInfo(op, time.monotonic() - started, str(result)))
+        if result == "recreated":
+            log.warning(
+                "idemsend: key %s was sent, but its ledger record had vanished (the store restarted without"
+                " persistence, or evicted it); the completed send is recorded again",
+                key,
+            )
+        elif result == "missing":
+            log.warning(
+                "idemsend: could not %s key %s: its ledger record had vanished (the store restarted without"
+                " persistence, or evicted it)",
+                op, key,
+            )
+        elif result == "superseded":
+            log.warning(
+                "idemsend: could not %s key %s: the record is no longer this worker's (its lease ran out and"
+                " another worker claimed it, or it was settled meanwhile)",
+                op, key,
+            )
+        return result
+
+
+def _from_record(job: Job, key: str, fp: str, record: Mapping[str, Any]) -> SendResult:
+    return SendResult(
+        key=key,
+        id=record.get("id"),
+        status=int(record.get("status", 200)),
+        response=record.get("response"),
+        replayed=True,
+        attempts=0,
+        fingerprint=fp,
+        job_id=job.id,
+        from_ledger=True,
+    )
