@@ -19,6 +19,20 @@ def cluster_url() -> Iterator[str]:
         yield cluster.url
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by what they need, from the fixtures they use: ``-m "not redis"`` runs
+    what needs no Redis, ``-m "not cluster"`` skips the Cluster."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        callspec = getattr(item, "callspec", None)
+        # fixtures parametrized by store ("memory", "redis", "cluster") ask for it at run time
+        params = {v for v in callspec.params.values() if isinstance(v, str)} if callspec is not None else set()
+        if "cluster_url" in names or "cluster" in params:
+            item.add_marker(pytest.mark.cluster)
+        if names & {"redis_url", "cluster_url"} or params & {"redis", "cluster"}:
+            item.add_marker(pytest.mark.redis)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     import sys
 
