@@ -23,7 +23,6 @@ from idemsend import (
     Provider,
     RetryableError,
     RetryPolicy,
-    SetupError,
     StaleReplayError,
     UnstableKeyError,
 )
@@ -595,8 +594,9 @@ async def test_ledger_unreachable_fails_closed(caplog: pytest.LogCaptureFixture)
                 assert down.value.reason == "ledger" and down.value.retry_after is None
                 server.start()
                 try:
-                    with pytest.raises(SetupError, match="maxmemory-policy allkeys-lru"):
+                    with pytest.raises(RetryableError, match="maxmemory-policy allkeys-lru") as unfit:
                         await e.send(Job("j0", {"user_id": "u1"}), BODY)
+                    assert unfit.value.reason == "ledger_config"
                 finally:
                     server.cleanup()
         assert any("could not be checked at start" in r.getMessage() for r in caplog.records)

@@ -40,9 +40,9 @@ def finite_delay(value: float | None) -> float | None:
 
 class Tries:
     """What one attempt's HTTP tries did: how many, and whether any may have reached the
-    provider and run (anything but a refused connection, a 429, an IN_FLIGHT 409 or a
-    setup error). A fresh claim whose tries provably ran nothing is forgotten on release,
-    so its first-sent time does not start the stale clock."""
+    provider and run (anything but a refused connection, a 429 or a 4xx setup error). A
+    fresh claim whose tries provably ran nothing is forgotten on release, so its first-sent
+    time does not start the stale clock."""
 
     __slots__ = ("count", "maybe_sent")
 
@@ -52,12 +52,13 @@ class Tries:
 
 
 def _not_run(outcome: Outcome, status: int) -> bool:
-    """The provider says it did not run this request."""
-    return (
-        isinstance(outcome, InFlight)
-        or (isinstance(outcome, Fatal) and outcome.scope == "engine")
-        or (isinstance(outcome, Retry) and status == 429)
-    )
+    """The provider says it did not run this request: a 429, or a setup error (401, 403,
+    407, 404, 405). Not a 3xx (a 303 See Other is how some APIs answer a POST they ran),
+    and not an IN_FLIGHT 409: that proves the key is live at the provider, so the record
+    that may be all that stands between a later replay and a double send must stay."""
+    if isinstance(outcome, Retry):
+        return status == 429
+    return isinstance(outcome, Fatal) and outcome.scope == "engine" and not 300 <= status < 400
 
 
 class Attempts:
@@ -160,11 +161,19 @@ class Attempts:
                 if not exc.may_have_reached:
                     tries.maybe_sent = earlier
                 return Retry(None, str(exc)), 0, None
-        raw = self._redact.body(response.body) if self._redact else response.body
+        raw = response.body
+        redact = self._redact
+        if redact:
+            raw = redact.body(raw)
         try:
             data = json.loads(raw) if raw else None
         except (ValueError, RecursionError):
             data = None
+        if redact and data is not None and redact.needs_tree(raw):
+            try:
+                data = redact.tree(data)
+            except RecursionError:
+                data = None
         outcome = self.classifier.classify(HTTPResponse(response.status, response.headers, data))
         if _not_run(outcome, response.status):
             tries.maybe_sent = earlier

@@ -25,7 +25,10 @@ def canonical_body(body: Any) -> bytes:
         raise InvalidBodyError(f"the body cannot be sent as JSON: {exc}") from exc
     except RecursionError as exc:
         raise InvalidBodyError("the body cannot be sent as JSON: it is nested too deeply") from exc
-    return text.encode()
+    try:
+        return text.encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate ("\ud800") has no UTF-8 form
+        raise InvalidBodyError(f"the body cannot be sent as JSON: {exc.reason} at {exc.start}") from exc
 
 
 def fingerprint(payload: bytes) -> str:

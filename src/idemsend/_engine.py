@@ -127,6 +127,13 @@ class Engine:
         check_number("lease", lease, minimum=0.1)
         if ledger is not None and not isinstance(ledger, Ledger):
             raise ConfigError(f"ledger must implement idemsend.ledger.Ledger, got {ledger!r}")
+        retention = getattr(ledger, "retention", None)
+        if isinstance(retention, int | float) and retention < self.provider.window:
+            raise ConfigError(
+                f"the ledger keeps records {retention:g}s, less than the provider window ({self.provider.window:g}s):"
+                " a replay after the ledger forgot but inside the window could resend a drifted body, and the"
+                " ledger would protect nothing past the window; keep records at least as long as the window"
+            )
         hook_list = [hooks] if isinstance(hooks, Hook) else list(hooks)
         for hook in hook_list:
             if not isinstance(hook, Hook):

@@ -147,8 +147,12 @@ class LedgerGuard:
             try:
                 await self._call(key, "start", self._start(), observer)
             except ConfigError as exc:
-                raise SetupError(
-                    f"LEDGER_CONFIG: {exc} (key {key!r})", code="LEDGER_CONFIG", key=key, detail=str(exc)
+                # The store is unfit (it evicts). Nothing is sent; the job is not failed for
+                # good over a setting an operator can fix: it retries, and says why.
+                log.error("idemsend: the ledger refuses to run: %s", exc)
+                raise RetryableError(
+                    f"the ledger's store is unfit, nothing was sent for key {key!r}: {exc}",
+                    key=key, reason="ledger_config",
                 ) from exc
         budget = self.in_flight.budgeted()
         while True:

@@ -78,11 +78,15 @@ class Transport(Protocol):
 
 class AiohttpTransport:
     """The real transport: one pooled ``aiohttp.ClientSession`` (``max_connections``
-    connections), ``timeout`` seconds in all per request, no redirects."""
+    connections), ``timeout`` seconds in all per request, no redirects, and at most
+    ``max_response_bytes`` of a response read (a bigger one is an unknown outcome)."""
 
-    def __init__(self, *, timeout: float = 10.0, max_connections: int = 100) -> None:
+    def __init__(
+        self, *, timeout: float = 10.0, max_connections: int = 100, max_response_bytes: int = 8 * 1024 * 1024
+    ) -> None:
         self.timeout = timeout
         self.max_connections = max_connections
+        self.max_response_bytes = max_response_bytes
         self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:
@@ -105,7 +109,17 @@ class AiohttpTransport:
             async with session.post(
                 request.url, data=request.body, headers=dict(request.headers), allow_redirects=False
             ) as resp:
-                return RawResponse(resp.status, resp.headers, await resp.read())
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in resp.content.iter_chunked(64 * 1024):
+                    size += len(chunk)
+                    if size > self.max_response_bytes:
+                        # the request ran, or may have: an unknown outcome, retried with the same key
+                        raise TransportError(
+                            f"the response is over {self.max_response_bytes} bytes; not read", kind="network"
+                        )
+                    chunks.append(chunk)
+                return RawResponse(resp.status, resp.headers, b"".join(chunks))
         except aiohttp.ClientConnectorError as exc:
             raise TransportError(f"cannot connect: {type(exc).__name__}: {exc}", kind="connect") from exc
         except TimeoutError as exc:
