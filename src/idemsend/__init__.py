@@ -4,6 +4,8 @@
 ``result = await engine.send(Job(id, data), body)``
 """
 
+from importlib import metadata as _metadata
+
 from ._config import InFlightWait, Limits, Provider, RetryPolicy
 from ._engine import Engine
 from ._errors import (
@@ -59,4 +61,8 @@ __all__ = [
     "WaitInfo",
     "validate_key",
 ]
-__version__ = "0.1.0"
+
+try:
+    __version__: str = _metadata.version("idemsend")
+except _metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+    __version__ = "0+unknown"

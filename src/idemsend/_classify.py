@@ -134,7 +134,9 @@ Outcome = Sent | InFlight | Retry | Fatal
 class ResultClassifier(Protocol):
     """Anything with ``classify(response) -> Outcome`` classifies provider responses."""
 
-    def classify(self, response: HTTPResponse) -> Outcome: ...
+    def classify(self, response: HTTPResponse) -> Outcome:
+        """The outcome of one HTTP answer."""
+        ...
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -331,6 +333,7 @@ class Sendoka:
     """
 
     def classify(self, response: HTTPResponse) -> Outcome:
+        """The outcome of one HTTP answer (see the class docstring for the table)."""
         early = _before(response, require_id=True)
         if early is not None:
             return early
@@ -365,6 +368,7 @@ class IETFDraft:
     require_id: bool = False
 
     def classify(self, response: HTTPResponse) -> Outcome:
+        """The outcome of one HTTP answer (see the class docstring for the table)."""
         early = _before(response, require_id=self.require_id)
         if early is not None:
             return early
@@ -399,6 +403,7 @@ class Stripe:
     """
 
     def classify(self, response: HTTPResponse) -> Outcome:
+        """The outcome of one HTTP answer (see the class docstring for the table)."""
         early = _before(response, require_id=True)
         if early is not None:
             return early
@@ -427,6 +432,7 @@ class Resend:
     """
 
     def classify(self, response: HTTPResponse) -> Outcome:
+        """The outcome of one HTTP answer (see the class docstring for the table)."""
         early = _before(response, require_id=True)
         if early is not None:
             return early

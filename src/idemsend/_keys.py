@@ -46,7 +46,9 @@ class Job:
 class KeyDeriver(Protocol):
     """Anything with ``derive(job) -> str`` derives idempotency keys."""
 
-    def derive(self, job: Job) -> str: ...
+    def derive(self, job: Job) -> str:
+        """The idempotency key for ``job``: the same for every attempt of the same job."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,7 @@ class Template:
         object.__setattr__(self, "fields", tuple(names))
 
     def derive(self, job: Job) -> str:
+        """Fill the template from ``job`` (raises KeyDerivationError for a missing name)."""
         values: dict[str, Any] = {}
         for name in self.fields:
             if name == "job_id":

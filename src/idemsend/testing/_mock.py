@@ -126,6 +126,7 @@ class MockProvider:
     # -- lifecycle -------------------------------------------------------------------
 
     def app(self) -> web.Application:
+        """The aiohttp application (to mount the MockProvider in your own server)."""
         app = web.Application(client_max_size=8 * 1024 * 1024)
         app.router.add_post("/api/v1/emails", self._send)
         app.router.add_post("/api/v1/emails/batch", self._batch)
@@ -135,6 +136,7 @@ class MockProvider:
         return app
 
     async def start(self) -> Self:
+        """Listen on ``host:port`` (a free port when 0; read it back from ``port``)."""
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         # a deep accept queue: benchmarks open a thousand connections at once
@@ -147,6 +149,7 @@ class MockProvider:
         return self
 
     async def aclose(self) -> None:
+        """Stop listening."""
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
@@ -161,10 +164,12 @@ class MockProvider:
 
     @property
     def url(self) -> str:
+        """The base URL, ``http://host:port``."""
         return f"http://{self.host}:{self.port}"
 
     @property
     def emails_url(self) -> str:
+        """The send endpoint, ``http://host:port/api/v1/emails``."""
         return f"{self.url}/api/v1/emails"
 
     # -- what a test reads -----------------------------------------------------------
@@ -176,9 +181,11 @@ class MockProvider:
 
     @property
     def sends_by_key(self) -> Counter[str]:
+        """Real executions per idempotency key."""
         return self.stats.sends_by_key
 
     def sends_for(self, key: str) -> int:
+        """Real executions of ``key``."""
         return self.stats.sends_by_key[key]
 
     def double_sends(self) -> dict[str, int]:
@@ -199,6 +206,7 @@ class MockProvider:
         self.key_delays[key] = seconds
 
     def reset(self) -> None:
+        """Forget every key, script, delay and counter."""
         self.key_delays.clear()
         self.arrivals.clear()
         self._records.clear()
@@ -207,6 +215,7 @@ class MockProvider:
         self.stats = _Stats()
 
     def snapshot(self) -> dict[str, Any]:
+        """The counters as plain data (what ``GET /_mock/stats`` answers)."""
         s = self.stats
         return {
             "requests": s.requests,

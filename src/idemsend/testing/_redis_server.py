@@ -109,9 +109,12 @@ class RedisServer(_Throwaway):
 
     @property
     def url(self) -> str:
+        """``redis://127.0.0.1:<port>/0``."""
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> Self:
+        """Start the server (again, after ``stop``: same port and data directory) and wait
+        until it answers PING."""
         args = [
             find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
             "--dir", str(self.dir), "--save", "", "--daemonize", "no",
@@ -131,6 +134,7 @@ class RedisServer(_Throwaway):
         return self
 
     def stop(self) -> None:
+        """SIGTERM, as a clean shutdown (with append-only, nothing acknowledged is lost)."""
         proc, self.process = self.process, None
         if proc is not None and proc.poll() is None:
             proc.terminate()
@@ -148,6 +152,7 @@ class RedisServer(_Throwaway):
             proc.wait()
 
     def cleanup(self) -> None:
+        """Stop the server and remove its data directory."""
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -169,9 +174,11 @@ class RedisClusterServers(_Throwaway):
 
     @property
     def url(self) -> str:
+        """The URL of the first node (a cluster client discovers the rest)."""
         return self.servers[0].url
 
     def start(self, timeout: float = 20.0) -> Self:
+        """Start every node, assign the slots and wait until the cluster is ok."""
         import redis  # the cluster needs the redis extra; only tests use this
 
         for server in self.servers:
@@ -198,5 +205,6 @@ class RedisClusterServers(_Throwaway):
         return self
 
     def cleanup(self) -> None:
+        """Stop every node and remove their data."""
         for server in self.servers:
             server.cleanup()

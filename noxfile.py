@@ -1,0 +1,43 @@
+"""Test environments that cannot share one virtualenv.
+
+arq needs redis-py < 6 and bullmq needs >= 6.2, so every queue integration (and the ledger
+on the lowest and newest redis-py) is tested in its own environment, as sentry-python's
+tox matrix does. ``bash scripts/test.sh`` runs the main suite in ``.venv`` (arq, RQ,
+QStash, redis-py 5), then every session here; ``nox -s sqs`` runs one.
+
+Each session installs the package with its extra plus the test tools, and runs the tests
+of its integration. Environments are made with uv (fast) and reused with ``-r``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.default_venv_backend = "uv"
+nox.options.reuse_venv = "yes"
+nox.options.error_on_missing_interpreters = True
+
+PYTHON = os.environ.get("IDEMSEND_NOX_PYTHON", "3.11")
+# Passed to every session: the Redis/Postgres/RabbitMQ the tests use, where set.
+PASSTHROUGH = ("REDIS_URL", "REDIS_SERVER", "POSTGRES_DSN", "RABBITMQ_URL", "IDEMSEND_CONFORMANCE_DIR")
+
+
+def _pytest(session: nox.Session, *paths: str) -> None:
+    env = {name: os.environ[name] for name in PASSTHROUGH if name in os.environ}
+    session.run("pytest", *paths, *session.posargs, env=env)
+
+
+@nox.session(python=PYTHON)
+def redis_lowest(session: nox.Session) -> None:
+    """The ledger and engine on the lowest redis-py the ``redis`` extra allows."""
+    session.install("-e", ".[redis,test]", "redis[hiredis]==5.0.1")
+    _pytest(session, "tests/ledger", "tests/engine")
+
+
+@nox.session(python=PYTHON)
+def redis_newest(session: nox.Session) -> None:
+    """The ledger and engine on the newest redis-py."""
+    session.install("-e", ".[redis,test]", "--upgrade", "redis[hiredis]")
+    _pytest(session, "tests/ledger", "tests/engine")
