@@ -41,3 +41,14 @@ def redis_newest(session: nox.Session) -> None:
     """The ledger and engine on the newest redis-py."""
     session.install("-e", ".[redis,test]", "--upgrade", "redis[hiredis]")
     _pytest(session, "tests/ledger", "tests/engine")
+
+
+@nox.session(python=PYTHON)
+def otel(session: nox.Session) -> None:
+    """OpenTelemetry traces and metrics (``idemsend.contrib.otel``) with the SDK's in-memory
+    exporters, over real sends and a real arq worker."""
+    session.install(
+        "-e", ".[otel,arq,redis,qstash,test]", "opentelemetry-sdk", "opentelemetry-exporter-prometheus",
+        "opentelemetry-instrumentation-aiohttp-client",
+    )
+    _pytest(session, "tests/contrib")

@@ -219,7 +219,9 @@ async def test_a_worker_clock_hours_behind_does_not_resend_a_stale_unknown_outco
     ledger = RedisLedger.from_url(redis_url, prefix=prefix)
     key = "welcome:u1:job-1"
     # An earlier attempt claimed the key 23.5 h ago (by Redis's clock) and died mid-send.
-    claim = await ledger.claim(key, "job-1", b'{"a":1}', "f" * 64, "dead-worker", 0.1)
+    claim = await ledger.claim(
+        key=key, job_id="job-1", payload=b'{"a":1}', fingerprint="f" * 64, token="dead-worker", lease=0.1
+    )
     assert claim.__class__.__name__ == "Claimed"
     client = aioredis.Redis.from_url(redis_url)
     seconds, _ = await client.time()

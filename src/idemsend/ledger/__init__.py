@@ -1,8 +1,12 @@
 """Ledgers: where sends are recorded so replays stay safe past the provider's window.
 
 ``MemoryLedger`` is the embedded default for one process; ``RedisLedger`` (extra
-``idemsend[redis]``) serves many processes and machines. Import it from here; the
-redis package is only imported when ``RedisLedger`` is first used.
+``idemsend[redis]``) serves many processes and machines. ``ledger_from_url`` makes
+either from a URL (``memory://``, ``redis://``, ``redis+cluster://``...). Import them
+from here; the redis package is only imported when ``RedisLedger`` is first used.
+
+A ledger of your own implements the ``Ledger`` protocol and passes
+``idemsend.testing.ledger_contract.LedgerContract``; ``GroupCommit`` batches its calls.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -20,10 +24,13 @@ from ._base import (
     Ledger,
     LedgerRecord,
     LedgerUnavailableError,
+    RecordState,
     SettleResult,
     Unstable,
 )
+from ._group import GroupCommit
 from ._memory import MemoryLedger
+from ._url import ledger_from_url
 
 if TYPE_CHECKING:
     from ._redis import RedisLedger
@@ -38,13 +45,16 @@ __all__ = [
     "Conflict",
     "Done",
     "Failed",
+    "GroupCommit",
     "Ledger",
     "LedgerRecord",
     "LedgerUnavailableError",
     "MemoryLedger",
+    "RecordState",
     "RedisLedger",
     "SettleResult",
     "Unstable",
+    "ledger_from_url",
 ]
 
 

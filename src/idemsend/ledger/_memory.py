@@ -22,6 +22,7 @@ from ._base import (
     Done,
     Failed,
     LedgerRecord,
+    RecordState,
     SettleResult,
     Unstable,
 )
@@ -42,7 +43,7 @@ class _Record:
     payload: bytes  # the frozen body while in flight; b"" once done or fatal
     first_sent_at: float
     expires: float
-    state: str = "in_flight"
+    state: RecordState = "in_flight"
     token: str = ""
     lease_until: float = 0.0
     response: bytes = b""  # the recorded response as compact JSON (a dict costs ~5x more)
@@ -71,7 +72,7 @@ class MemoryLedger:
     existing key are kept for at most ``max_records`` of them, oldest dropped first.
 
     **What it costs**: about 640 bytes per completed record, measured with tracemalloc
-    over 10,000 claim+complete pairs (``pytest tests/test_memory_ledger_bound.py -k
+    over 10,000 claim+complete pairs (``pytest tests/ledger/test_memory.py -k
     bytes_per_record -s``; 685 bytes at 100,000 records, as the tables grow in steps):
     about 390 bytes of data (a 26-character key, a 10-character job id, the 64-character
     fingerprint, a 107-byte recorded response as compact JSON) and about 250 bytes of
@@ -270,8 +271,9 @@ class MemoryLedger:
     # -- the state machine -------------------------------------------------------------
 
     async def claim(
-        self, key: str, job_id: str, payload: bytes, fingerprint: str, token: str, lease: float
+        self, *, key: str, job_id: str, payload: bytes, fingerprint: str, token: str, lease: float
     ) -> ClaimResult:
+        """See ``Ledger.claim``."""
         now = self.clock()
         self._expire(now)
         recorded = self._recorded_key(job_id, now)
@@ -309,7 +311,8 @@ class MemoryLedger:
             return "superseded"
         return rec
 
-    async def complete(self, key: str, token: str, response: Mapping[str, Any]) -> SettleResult:
+    async def complete(self, *, key: str, token: str, response: Mapping[str, Any]) -> SettleResult:
+        """See ``Ledger.complete``."""
         body = json.dumps(response, separators=(",", ":")).encode()
         now = self.clock()
         self._expire(now)
@@ -330,7 +333,8 @@ class MemoryLedger:
         self._settle(key, rec)
         return "ok"
 
-    async def fail(self, key: str, token: str, code: str, message: str) -> SettleResult:
+    async def fail(self, *, key: str, token: str, code: str, message: str) -> SettleResult:
+        """See ``Ledger.fail``."""
         now = self.clock()
         rec = self._owned(key, token, now)
         if isinstance(rec, str):
@@ -342,7 +346,8 @@ class MemoryLedger:
         self._settle(key, rec)
         return "ok"
 
-    async def renew(self, key: str, token: str, lease: float) -> SettleResult:
+    async def renew(self, *, key: str, token: str, lease: float) -> SettleResult:
+        """See ``Ledger.renew``."""
         now = self.clock()
         rec = self._owned(key, token, now)
         if isinstance(rec, str):
@@ -350,7 +355,8 @@ class MemoryLedger:
         rec.lease_until = now + lease
         return "ok"
 
-    async def release(self, key: str, token: str, *, forget: bool = False) -> SettleResult:
+    async def release(self, *, key: str, token: str, forget: bool = False) -> SettleResult:
+        """See ``Ledger.release``."""
         rec = self._owned(key, token, self.clock())
         if isinstance(rec, str):
             return rec
@@ -363,6 +369,7 @@ class MemoryLedger:
         return "ok"
 
     async def clear(self, key: str) -> bool:
+        """See ``Ledger.clear``."""
         rec = self._record(key, self.clock())
         if rec is None or rec.state != "fatal":
             return False
@@ -371,6 +378,7 @@ class MemoryLedger:
         return True
 
     async def get(self, key: str) -> LedgerRecord | None:
+        """See ``Ledger.get``."""
         rec = self._record(key, self.clock())
         if rec is None:
             return None
@@ -382,4 +390,5 @@ class MemoryLedger:
         )
 
     async def aclose(self) -> None:
+        """Nothing to release."""
         return None

@@ -12,8 +12,9 @@ so leases and the age of an unfinished send mean the same on every machine. Reco
 
 Cost: a claim is one script (on Cluster two, job map and record, in one pipeline) and
 a completion is one, so the happy path is two round trips. Calls made in the same event-loop turn
-by many coroutines are flushed together in one pipeline (``_Batcher``), so a hundred
-concurrent sends cost two pipelines, not two hundred round trips.
+by many coroutines are flushed together (``GroupCommit``, ledger/_group.py): on plain
+Redis a batch is one EVALSHA of a script that runs every operation, on Cluster one
+pipeline; so a hundred concurrent sends cost two round trips, not two hundred.
 
 The ledger relies on Redis keeping what it was told: ``start()`` refuses a server that
 evicts keys (``maxmemory-policy`` other than ``noeviction``) and warns about one that
@@ -27,7 +28,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,9 +43,11 @@ from ._base import (
     Failed,
     LedgerRecord,
     LedgerUnavailableError,
+    RecordState,
     SettleResult,
     Unstable,
 )
+from ._group import GroupCommit
 
 try:
     import redis.asyncio as aioredis
@@ -232,89 +235,38 @@ def _b(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
 
-_Op = tuple[_Script, str | tuple[str, ...], tuple[Any, ...], "asyncio.Future[Any]"]
+#: One script call: the script, its keys, its arguments.
+_Op = tuple[_Script, tuple[str, ...], tuple[Any, ...]]
 
 
-class _Batcher:
-    """Group commit: script calls queue up while at most ``max_pipelines`` pipelines are in
-    flight, and each new pipeline carries everything queued meanwhile. At low load a call
-    goes out on the next loop turn; at high load one round trip serves hundreds of sends."""
+class _Executor:
+    """Runs one GroupCommit batch of script calls: on plain Redis one EVALSHA of
+    ``_BATCH`` (one command, one reply), on Cluster one pipeline of EVALSHAs (redis-py
+    sends it to each node concerned). A server that lost its scripts (restarted, new,
+    SCRIPT FLUSH) answers NOSCRIPT: the scripts are loaded and those calls run again."""
 
-    def __init__(
-        self, client: Any, *, max_batch: int = 512, max_pipelines: int = 2, one_call: bool = False
-    ) -> None:
+    def __init__(self, client: Any, *, one_call: bool) -> None:
         self.client = client
-        self.one_call = one_call  # plain Redis: a batch is one EVALSHA of _BATCH
-        self.max_batch = max_batch
-        self.max_pipelines = max_pipelines
-        self._pending: list[_Op] = []
-        self._scheduled = False
-        self._in_flight = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.one_call = one_call
 
-    def call(self, script: _Script, key: str | tuple[str, ...], *args: Any) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((script, key, args, future))
-        self._schedule(loop)
-        return future
+    async def __call__(self, ops: Sequence[_Op]) -> list[Any]:
+        results = await self._execute(ops)
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:
+            for script in _SCRIPTS.values():
+                await self.client.script_load(script.text)
+            again = await self._execute([ops[i] for i in missing])
+            for i, r in zip(missing, again, strict=True):
+                results[i] = r
+        return results
 
-    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._pending and not self._scheduled and self._in_flight < self.max_pipelines:
-            self._scheduled = True
-            loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._scheduled = False
-        if not self._pending or self._in_flight >= self.max_pipelines:
-            return
-        ops, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
-        self._in_flight += 1
-        task = asyncio.ensure_future(self._run(ops))
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._in_flight -= 1
-        self._schedule(task.get_loop())
-
-    async def _run(self, ops: list[_Op]) -> None:
-        try:
-            results = await self._execute(ops)
-            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-            if missing:  # a restarted or new server: load the scripts, run those again
-                for script in _SCRIPTS.values():
-                    await self.client.script_load(script.text)
-                again = await self._execute([ops[i] for i in missing])
-                for i, r in zip(missing, again, strict=True):
-                    results[i] = r
-        except BaseException as exc:
-            # Whatever happened (a connection error, a cluster error, cancellation), no
-            # caller may wait forever: every future of this batch gets the failure.
-            error = LedgerUnavailableError(f"{type(exc).__name__}: {exc}")
-            for *_, future in ops:
-                if not future.done():
-                    future.set_exception(error)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for (*_, future), result in zip(ops, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(LedgerUnavailableError(f"{type(result).__name__}: {result}"))
-            else:
-                future.set_result(result)
-
-    async def _execute(self, ops: list[_Op]) -> list[Any]:
+    async def _execute(self, ops: Sequence[_Op]) -> list[Any]:
         if self.one_call:
             batch_keys: list[Any] = []
             argv: list[Any] = [len(ops)]
-            for script, key, args, _ in ops:
-                op_keys = key if isinstance(key, tuple) else (key,)
-                batch_keys.extend(op_keys)
-                argv.extend((script.name, len(op_keys), len(args)))
+            for script, keys, args in ops:
+                batch_keys.extend(keys)
+                argv.extend((script.name, len(keys), len(args)))
                 argv.extend(args)
             try:
                 reply = await self.client.execute_command(
@@ -324,17 +276,18 @@ class _Batcher:
                 return [exc] * len(ops)
             return list(reply)
         pipe = self.client.pipeline(transaction=False)
-        for script, key, args, _ in ops:
-            keys = key if isinstance(key, tuple) else (key,)
+        for script, keys, args in ops:
             # execute_command, not evalsha(): redis-py 5 blocks the evalsha method on
             # cluster pipelines, though one-slot scripts route to one node just fine.
             pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         return list(await pipe.execute(raise_on_error=False))
 
-    async def drain(self) -> None:
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
 
+def _unavailable(exc: BaseException) -> LedgerUnavailableError:
+    return LedgerUnavailableError(f"{type(exc).__name__}: {exc}")
+
+
+_STATES: dict[str, RecordState] = {"in_flight": "in_flight", "done": "done", "fatal": "fatal"}
 
 _ANSWERS: dict[str, SettleResult] = {
     "ok": "ok", "recreated": "recreated", "missing": "missing", "superseded": "superseded",
@@ -374,7 +327,7 @@ class RedisLedger:
 
     def __init__(
         self, client: Any, *, prefix: str = "idemsend", retention: float = DEFAULT_RETENTION,
-        allow_eviction: bool = False,
+        allow_eviction: bool = False, on_batch: Callable[[int], object] | None = None,
     ) -> None:
         self.client = client
         self.prefix = prefix
@@ -382,7 +335,9 @@ class RedisLedger:
         self.allow_eviction = allow_eviction
         self._retention_ms = str(int(retention * 1000))
         self._cluster = isinstance(client, RedisCluster)
-        self._batch = _Batcher(client, one_call=not self._cluster)
+        self._group: GroupCommit[_Op, Any] = GroupCommit(
+            _Executor(client, one_call=not self._cluster), on_batch=on_batch, error=_unavailable
+        )
         self._owns_client = False
         self._checked = False
         self._start_lock = asyncio.Lock()
@@ -390,8 +345,11 @@ class RedisLedger:
     @classmethod
     def from_url(
         cls, url: str, *, cluster: bool = False, prefix: str = "idemsend", retention: float = DEFAULT_RETENTION,
-        socket_timeout: float = 5.0, allow_eviction: bool = False,
+        socket_timeout: float = 5.0, allow_eviction: bool = False, on_batch: Callable[[int], object] | None = None,
     ) -> RedisLedger:
+        """A ledger over a client it makes (and closes on ``aclose``) for ``url``
+        (``redis://``, ``rediss://``, ``unix://``), a Cluster client with ``cluster=True``.
+        ``on_batch(size)`` is called as each batch of ledger calls goes out."""
         if cluster:
             client: Any = RedisCluster.from_url(url, socket_timeout=socket_timeout)
         else:
@@ -399,7 +357,7 @@ class RedisLedger:
             client = aioredis.Redis.from_url(
                 url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout, **extra
             )
-        ledger = cls(client, prefix=prefix, retention=retention, allow_eviction=allow_eviction)
+        ledger = cls(client, prefix=prefix, retention=retention, allow_eviction=allow_eviction, on_batch=on_batch)
         ledger._owns_client = True
         return ledger
 
@@ -407,10 +365,15 @@ class RedisLedger:
         return f"<RedisLedger prefix={self.prefix!r} retention={self.retention:g}s>"
 
     def record_key(self, key: str) -> str:
+        """The Redis key of ``key``'s record (a hash)."""
         return f"{self.prefix}:rec:{{{key}}}"
 
     def job_key(self, job_id: str) -> str:
+        """The Redis key noting which key ``job_id`` was first claimed with."""
         return f"{self.prefix}:job:{{{job_id}}}"
+
+    def _call(self, script: str, keys: str | tuple[str, ...], *args: Any) -> asyncio.Future[Any]:
+        return self._group.submit((_SCRIPTS[script], keys if isinstance(keys, tuple) else (keys,), args))
 
     # -- start: is this Redis fit to be a ledger? --------------------------------------
 
@@ -546,22 +509,23 @@ class RedisLedger:
     # -- the state machine ---------------------------------------------------------------
 
     async def claim(
-        self, key: str, job_id: str, payload: bytes, fingerprint: str, token: str, lease: float
+        self, *, key: str, job_id: str, payload: bytes, fingerprint: str, token: str, lease: float
     ) -> ClaimResult:
+        """See ``Ledger.claim``. One script (plain Redis) or two in one batch (Cluster)."""
         rec = self.record_key(key)
         args = (token, job_id, fingerprint, payload, str(int(lease * 1000)), self._retention_ms)
         if not self._cluster:
-            reply = await self._batch.call(_SCRIPTS["claim_with_job"], (rec, self.job_key(job_id)), *args, key)
+            reply = await self._call("claim_with_job", (rec, self.job_key(job_id)), *args, key)
             kind = _s(reply[0])
             if kind == "unstable":
                 return Unstable(_s(reply[1]))
         else:
-            job_call = self._batch.call(_SCRIPTS["job"], self.job_key(job_id), key, self._retention_ms)
-            recorded, reply = await asyncio.gather(job_call, self._batch.call(_SCRIPTS["claim"], rec, *args))
+            job_call = self._call("job", self.job_key(job_id), key, self._retention_ms)
+            recorded, reply = await asyncio.gather(job_call, self._call("claim", rec, *args))
             kind = _s(reply[0])
             if _s(recorded) != key:
                 if kind == "claimed":  # give back what this claim took (forget it if fresh)
-                    await self._batch.call(_SCRIPTS["release"], rec, token, _s(reply[1]))
+                    await self._call("release", rec, token, _s(reply[1]))
                 return Unstable(_s(recorded))
         try:
             if kind == "claimed":
@@ -581,31 +545,29 @@ class RedisLedger:
             raise LedgerUnavailableError(f"malformed claim reply {reply!r}: {exc}") from exc
         raise LedgerUnavailableError(f"unexpected claim reply {reply!r}")
 
-    async def complete(self, key: str, token: str, response: Mapping[str, Any]) -> SettleResult:
+    async def complete(self, *, key: str, token: str, response: Mapping[str, Any]) -> SettleResult:
+        """See ``Ledger.complete``."""
         body = json.dumps(response, separators=(",", ":"))
-        return _answer(
-            await self._batch.call(_SCRIPTS["complete"], self.record_key(key), token, body, self._retention_ms)
-        )
+        return _answer(await self._call("complete", self.record_key(key), token, body, self._retention_ms))
 
-    async def fail(self, key: str, token: str, code: str, message: str) -> SettleResult:
-        return _answer(
-            await self._batch.call(_SCRIPTS["fail"], self.record_key(key), token, code, message, self._retention_ms)
-        )
+    async def fail(self, *, key: str, token: str, code: str, message: str) -> SettleResult:
+        """See ``Ledger.fail``."""
+        return _answer(await self._call("fail", self.record_key(key), token, code, message, self._retention_ms))
 
-    async def renew(self, key: str, token: str, lease: float) -> SettleResult:
-        return _answer(
-            await self._batch.call(_SCRIPTS["renew"], self.record_key(key), token, str(int(lease * 1000)))
-        )
+    async def renew(self, *, key: str, token: str, lease: float) -> SettleResult:
+        """See ``Ledger.renew``."""
+        return _answer(await self._call("renew", self.record_key(key), token, str(int(lease * 1000))))
 
-    async def release(self, key: str, token: str, *, forget: bool = False) -> SettleResult:
-        return _answer(
-            await self._batch.call(_SCRIPTS["release"], self.record_key(key), token, "1" if forget else "0")
-        )
+    async def release(self, *, key: str, token: str, forget: bool = False) -> SettleResult:
+        """See ``Ledger.release``."""
+        return _answer(await self._call("release", self.record_key(key), token, "1" if forget else "0"))
 
     async def clear(self, key: str) -> bool:
-        return bool(await self._batch.call(_SCRIPTS["clear"], self.record_key(key)))
+        """See ``Ledger.clear``: one script checks the state and deletes."""
+        return bool(await self._call("clear", self.record_key(key)))
 
     async def get(self, key: str) -> LedgerRecord | None:
+        """See ``Ledger.get``: one HGETALL (outside the batches)."""
         try:
             raw = await self.client.hgetall(self.record_key(key))
         except _STORE_ERRORS as exc:
@@ -613,21 +575,27 @@ class RedisLedger:
         if not raw:
             return None
         h = {_s(k): v for k, v in raw.items()}
-        state = _s(h.get("st", b""))
-        return LedgerRecord(
-            key=key,
-            state=state,
-            job_id=_s(h.get("job", b"")),
-            fingerprint=_s(h.get("fp", b"")),
-            first_sent_at=int(_s(h.get("first", b"0"))) / 1000,
-            response=json.loads(_s(h["resp"])) if "resp" in h else None,
-            code=_s(h["code"]) if "code" in h else None,
-            message=_s(h["msg"]) if "msg" in h else None,
-            lease_until=int(_s(h["lease"])) / 1000 if state == "in_flight" and "lease" in h else None,
-        )
+        state = _STATES.get(_s(h.get("st", b"")))
+        try:
+            if state is None:
+                raise ValueError(f"no such state {_s(h.get('st', b''))!r}")
+            return LedgerRecord(
+                key=key,
+                state=state,
+                job_id=_s(h.get("job", b"")),
+                fingerprint=_s(h.get("fp", b"")),
+                first_sent_at=int(_s(h.get("first", b"0"))) / 1000,
+                response=json.loads(_s(h["resp"])) if "resp" in h else None,
+                code=_s(h["code"]) if "code" in h else None,
+                message=_s(h["msg"]) if "msg" in h else None,
+                lease_until=int(_s(h["lease"])) / 1000 if state == "in_flight" and "lease" in h else None,
+            )
+        except ValueError as exc:
+            raise LedgerUnavailableError(f"malformed ledger record for key {key!r}: {exc}") from exc
 
     async def aclose(self) -> None:
-        await self._batch.drain()
+        """Wait for the calls already made, then close the client if ``from_url`` made it."""
+        await self._group.drain()
         if self._owns_client:
             self._owns_client = False
             await self.client.aclose()

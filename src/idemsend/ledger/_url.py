@@ -1,0 +1,112 @@
+"""``ledger_from_url``: one URL names the ledger (``IDEMSEND_LEDGER_URL``, ``idemsend inspect``).
+
+The schemes live in one table, ``_SCHEMES``: a scheme maps to a factory
+``(url, prefix, options) -> Ledger``. A new ledger adds its schemes there (the Postgres
+ledger replaces the ``_not_yet`` entries). A factory imports its ledger's module when it
+runs, so a missing extra (``idemsend[redis]``) only matters for the scheme used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from yarl import URL
+
+from .._errors import ConfigError
+from .._redact import Redactor, safe_url
+from ._base import Ledger
+
+__all__ = ["ledger_from_url"]
+
+#: Makes a ledger for a URL of its scheme: ``(url, prefix, options)``.
+LedgerFactory = Callable[[str, str, dict[str, Any]], Ledger]
+
+
+def _memory(url: str, prefix: str, options: dict[str, Any]) -> Ledger:
+    from ._memory import MemoryLedger
+
+    if url.partition("://")[2].strip("/"):
+        raise ConfigError(
+            f"a memory:// ledger URL takes no host or path, got {safe_url(url)}; pass MemoryLedger's options"
+            " (retention, max_records, ...) as keyword arguments"
+        )
+    return MemoryLedger(**options)  # one process's memory: nothing to prefix
+
+
+def _redis(url: str, prefix: str, options: dict[str, Any]) -> Ledger:
+    from ._redis import RedisLedger
+
+    return RedisLedger.from_url(url, prefix=prefix, **options)
+
+
+def _redis_cluster(url: str, prefix: str, options: dict[str, Any]) -> Ledger:
+    from ._redis import RedisLedger
+
+    scheme, _, rest = url.partition("://")
+    plain = "rediss" if scheme.lower() == "rediss+cluster" else "redis"
+    return RedisLedger.from_url(f"{plain}://{rest}", cluster=True, prefix=prefix, **options)
+
+
+def _not_yet(url: str, prefix: str, options: dict[str, Any]) -> Ledger:
+    raise ConfigError(
+        f"the Postgres ledger is not available yet ({safe_url(url)}); use a redis:// or memory:// ledger URL"
+    )
+
+
+_SCHEMES: dict[str, LedgerFactory] = {
+    "memory": _memory,
+    "redis": _redis,
+    "rediss": _redis,
+    "unix": _redis,
+    "redis+cluster": _redis_cluster,
+    "rediss+cluster": _redis_cluster,
+    "postgresql": _not_yet,
+    "postgres": _not_yet,
+}
+
+
+def ledger_from_url(url: str, *, prefix: str = "idemsend", **options: Any) -> Ledger:
+    """The ledger a URL names, made (not started: ``Engine.start()`` does that).
+
+    * ``memory://``: a ``MemoryLedger`` (one process; ``prefix`` is not used).
+    * ``redis://``, ``rediss://`` (TLS), ``unix://`` (a socket path): ``RedisLedger.from_url``.
+    * ``redis+cluster://`` (``rediss+cluster://``): a ``RedisLedger`` on Redis Cluster,
+      the URL read as ``redis://`` (``rediss://``) with ``cluster=True``.
+    * ``postgresql://``, ``postgres://``: reserved for the Postgres ledger (not available
+      yet: ``ConfigError``).
+
+    ``options`` go to the ledger's constructor (``retention=``, ``allow_eviction=``,
+    ``socket_timeout=``, ``max_records=``...); one it does not take raises ``TypeError``.
+    An unknown scheme, or a URL the ledger cannot use, raises ``idemsend.ConfigError``.
+    Error messages never carry the URL's password (nor its query string).
+    """
+    if not isinstance(url, str) or "://" not in url:
+        # not shown: without a scheme there is no telling which part is a password
+        raise ConfigError(f"not a ledger URL (a {type(url).__name__} without scheme://); known schemes: {_known()}")
+    scheme = url.partition("://")[0].lower()
+    factory = _SCHEMES.get(scheme)
+    if factory is None:
+        raise ConfigError(f"unknown ledger URL scheme {scheme!r} in {safe_url(url)}; known: {_known()}")
+    try:
+        return factory(url, prefix, dict(options))
+    except ConfigError:
+        raise
+    except ValueError as exc:  # e.g. a port that is not a number; the message may quote the URL
+        raise ConfigError(f"invalid ledger URL {safe_url(url)}: {_scrub(url, str(exc))}") from None
+
+
+def _known() -> str:
+    return ", ".join(f"{scheme}://" for scheme in sorted(_SCHEMES))
+
+
+def _scrub(url: str, text: str) -> str:
+    """``text`` (a client library's error about ``url``) without the URL's credentials."""
+    text = Redactor.for_request(url, {}).text(text.replace(url, safe_url(url)))
+    try:
+        password = URL(url).password
+    except (TypeError, ValueError):
+        password = None
+    if password and password in text:  # too short for the redactor to replace safely
+        return "(details withheld: they could quote the URL's password)"
+    return text

@@ -1,0 +1,165 @@
+"""The ledger contract (idemsend.testing.ledger_contract) over every ledger idemsend ships:
+MemoryLedger, RedisLedger on a Redis of its own (persistent, so it can be restarted and
+flushed), and RedisLedger on the session's 3-node Redis Cluster."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+
+from idemsend.ledger import Ledger, MemoryLedger, RedisLedger, ledger_from_url
+from idemsend.testing import RedisServer
+from idemsend.testing.ledger_contract import Backdate, LedgerContract, MakeLedger, StoreAction
+
+# -- MemoryLedger: the store is one MemoryLedger object, shared by every "worker" -----------
+
+
+def _wipe(ledger: MemoryLedger) -> None:
+    """What a process restart does to a MemoryLedger's records: all gone."""
+    for table in (ledger._settled, ledger._flight, ledger._jobs, ledger._extra_jobs):
+        table.clear()
+
+
+class TestMemoryLedger(LedgerContract):
+    @pytest.fixture
+    def memory(self) -> list[MemoryLedger]:
+        """The test's one MemoryLedger, made by the first make_ledger() call."""
+        return []
+
+    @pytest.fixture
+    def make_ledger(self, memory: list[MemoryLedger]) -> MakeLedger:
+        async def make(*, retention: float | None = None) -> Ledger:
+            if not memory:
+                memory.append(MemoryLedger() if retention is None else MemoryLedger(retention=retention))
+            assert retention is None or memory[0].retention == retention, "one MemoryLedger per test"
+            return memory[0]
+
+        return make
+
+    @pytest.fixture
+    def store_forget(self, memory: list[MemoryLedger]) -> StoreAction:
+        async def forget() -> None:
+            for ledger in memory:
+                _wipe(ledger)
+
+        return forget
+
+    @pytest.fixture
+    def store_restart(self, memory: list[MemoryLedger]) -> StoreAction:
+        async def restart() -> None:  # a process's memory does not persist
+            for ledger in memory:
+                _wipe(ledger)
+
+        return restart
+
+    @pytest.fixture
+    def store_backdate(self, memory: list[MemoryLedger]) -> Backdate:
+        async def backdate(key: str, seconds: float) -> None:
+            [ledger] = memory
+            record = ledger._flight.get(key) or ledger._settled.get(key)
+            assert record is not None, key
+            record.first_sent_at -= seconds
+
+        return backdate
+
+
+# -- RedisLedger: a prefix of its own per test, made through ledger_from_url ----------------
+
+
+class _RedisContract(LedgerContract):
+    """What plain Redis and Cluster share: ``store_url`` and ``admin`` differ."""
+
+    @pytest.fixture
+    def store_url(self) -> str:
+        raise NotImplementedError
+
+    @pytest.fixture
+    async def admin(self, store_url: str) -> AsyncIterator[Any]:
+        """A client of the test's own, to do things to the store behind the ledger's back."""
+        raise NotImplementedError
+        yield
+
+    @pytest.fixture
+    async def make_ledger(self, store_url: str, prefix: str) -> AsyncIterator[MakeLedger]:
+        made: list[Ledger] = []
+
+        async def make(*, retention: float | None = None) -> Ledger:
+            options = {} if retention is None else {"retention": retention}
+            made.append(ledger_from_url(store_url, prefix=prefix, **options))
+            return made[-1]
+
+        yield make
+        for ledger in made:
+            await ledger.aclose()
+
+    @pytest.fixture
+    def store_backdate(self, admin: Any, prefix: str) -> Backdate:
+        async def backdate(key: str, seconds: float) -> None:
+            record = RedisLedger(admin, prefix=prefix).record_key(key)
+            first = await admin.hget(record, "first")
+            assert first is not None, key
+            await admin.hset(record, "first", str(int(first) - int(seconds * 1000)))
+
+        return backdate
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    """A Redis for this module alone, with AOF: a restart keeps every record."""
+    with RedisServer(appendonly=True) as server:
+        yield server
+
+
+@pytest.mark.redis
+class TestRedisLedger(_RedisContract):
+    @pytest.fixture
+    def store_url(self, redis_server: RedisServer) -> str:
+        return redis_server.url
+
+    @pytest.fixture
+    async def admin(self, store_url: str) -> AsyncIterator[Any]:
+        client = aioredis.Redis.from_url(store_url)
+        yield client
+        await client.aclose()
+
+    @pytest.fixture
+    def store_forget(self, admin: Any) -> StoreAction:
+        async def forget() -> None:
+            await admin.flushall()  # the server is this module's own
+
+        return forget
+
+    @pytest.fixture
+    def store_restart(self, redis_server: RedisServer) -> StoreAction:
+        async def restart() -> None:
+            redis_server.stop()
+            redis_server.start()
+
+        return restart
+
+
+@pytest.mark.redis
+@pytest.mark.cluster
+class TestRedisClusterLedger(_RedisContract):
+    @pytest.fixture
+    def store_url(self, cluster_url: str) -> str:
+        return cluster_url.replace("redis://", "redis+cluster://", 1)
+
+    @pytest.fixture
+    async def admin(self, cluster_url: str) -> AsyncIterator[Any]:
+        client = RedisCluster.from_url(cluster_url)
+        yield client
+        await client.aclose()
+
+    @pytest.fixture
+    def store_forget(self, admin: Any, prefix: str) -> StoreAction:
+        async def forget() -> None:  # the session's cluster is shared: only this test's keys
+            keys = [key async for key in admin.scan_iter(match=f"{prefix}:*")]
+            for key in keys:
+                await admin.delete(key)
+
+        return forget
