@@ -52,3 +52,11 @@ def otel(session: nox.Session) -> None:
         "opentelemetry-instrumentation-aiohttp-client",
     )
     _pytest(session, "tests/contrib")
+
+
+@nox.session(python=PYTHON)
+def postgres(session: nox.Session) -> None:
+    """The PostgresLedger: the ledger contract, the process and restart tests (a throwaway
+    PostgreSQL when none runs at POSTGRES_DSN / 127.0.0.1:5432)."""
+    session.install("-e", ".[postgres,redis,test]")
+    _pytest(session, "tests/ledger", "-m", "postgres")
