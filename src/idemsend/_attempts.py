@@ -22,6 +22,7 @@ from ._errors import RetryableError, fatal_error
 from ._hooks import SendObserver, TryInfo, WaitInfo
 from ._keys import Job
 from ._limits import RateLimiter
+from ._log import fields
 from ._redact import Redactor
 from ._result import SendResult
 from ._transport import Transport, TransportError, TransportRequest
@@ -105,6 +106,7 @@ class Attempts:
                 log.debug(
                     "idemsend: key=%s job=%s try=%s queue_attempt=%s -> %s", key, job.id, tries.count, attempt,
                     self._redact.text(repr(outcome)),
+                    extra=fields(key, job_id=job.id, attempt=attempt, outcome=type(outcome).__name__.lower()),
                 )
             if isinstance(outcome, Sent):
                 return SendResult(

@@ -311,7 +311,7 @@ class Engine:
                         f" (sending {flight_fp[:12]}, this {fp[:12]})",
                         key=key,
                     )
-                log_drift(job.id, flight_fp, fp)
+                log_drift(job.id, flight_fp, fp, key)
             result = await asyncio.shield(flight_future)
             return replace(result, replayed=True, job_id=job.id)
         future: asyncio.Future[SendResult] = asyncio.get_running_loop().create_future()

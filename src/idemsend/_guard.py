@@ -36,6 +36,7 @@ from ._errors import (
 )
 from ._hooks import LedgerInfo, SendObserver, WaitInfo
 from ._keys import Job
+from ._log import fields
 from ._redact import Redactor
 from ._result import SendResult
 from .ledger._base import Busy, Claimed, Conflict, Done, Failed, Ledger, LedgerUnavailableError, SettleResult, Unstable
@@ -48,11 +49,11 @@ T = TypeVar("T")
 Deliver = Callable[[bytes, str, Tries], Awaitable[SendResult]]
 
 
-def log_drift(job_id: str, first: str, now: str) -> None:
+def log_drift(job_id: str, first: str, now: str, key: str | None = None) -> None:
     """Log a body that changed between attempts of one job, with both fingerprints."""
     log.warning(
         "idemsend: job %s body changed between attempts (first %s, now %s); the first body stands",
-        job_id, first[:16], now[:16],
+        job_id, first[:16], now[:16], extra=fields(key, job_id=job_id, code="BODY_DRIFT"),
     )
 
 
@@ -125,7 +126,7 @@ class LedgerGuard:
         except LedgerUnavailableError as exc:
             log.warning(
                 "idemsend: the ledger could not be checked at start (%s); checked again before the first send",
-                self._redact.text(str(exc)),
+                self._redact.text(str(exc)), extra=fields(code="unavailable", op="start"),
             )
 
     async def _start(self) -> None:
@@ -149,7 +150,8 @@ class LedgerGuard:
             except ConfigError as exc:
                 # The store is unfit (it evicts). Nothing is sent; the job is not failed for
                 # good over a setting an operator can fix: it retries, and says why.
-                log.error("idemsend: the ledger refuses to run: %s", exc)
+                log.error("idemsend: the ledger refuses to run: %s", exc,
+                          extra=fields(key, job_id=job.id, outcome="retryable", code="ledger_config", op="start"))
                 raise RetryableError(
                     f"the ledger's store is unfit, nothing was sent for key {key!r}: {exc}",
                     key=key, reason="ledger_config",
@@ -163,7 +165,7 @@ class LedgerGuard:
                 break
             if isinstance(claim, Done):
                 if claim.fingerprint and claim.fingerprint != fp:
-                    log_drift(job.id, claim.fingerprint, fp)
+                    log_drift(job.id, claim.fingerprint, fp, key)
                 return _from_record(job, key, claim.fingerprint or fp, claim.response)
             if isinstance(claim, Failed):
                 raise fatal_error(claim.code, claim.message, key, recorded=True)
@@ -196,7 +198,7 @@ class LedgerGuard:
         if not claim.fresh and claim.age > window:
             await self._stale(key, token, claim, observer)
         if claim.fingerprint != fp:
-            log_drift(job.id, claim.fingerprint, fp)
+            log_drift(job.id, claim.fingerprint, fp, key)
             payload, fp = claim.payload, claim.fingerprint
         self.leases.hold(key, token)
         tries = Tries()
@@ -266,7 +268,8 @@ class LedgerGuard:
         except LedgerUnavailableError as exc:
             if observer is not None:
                 observer.on_ledger(LedgerInfo(op, time.monotonic() - started, "unavailable"))
-            log.warning("idemsend: could not %s key %s in the ledger: %s", op, key, self._redact.text(str(exc)))
+            log.warning("idemsend: could not %s key %s in the ledger: %s", op, key, self._redact.text(str(exc)),
+                        extra=fields(key, code="unavailable", op=op))
             return None
         if observer is not None:
             observer.on_ledger(LedgerInfo(op, time.monotonic() - started, str(result)))
@@ -274,19 +277,19 @@ class LedgerGuard:
             log.warning(
                 "idemsend: key %s was sent, but its ledger record had vanished (the store restarted without"
                 " persistence, or evicted it); the completed send is recorded again",
-                key,
+                key, extra=fields(key, code="recreated", op=op),
             )
         elif result == "missing":
             log.warning(
                 "idemsend: could not %s key %s: its ledger record had vanished (the store restarted without"
                 " persistence, or evicted it)",
-                op, key,
+                op, key, extra=fields(key, code="missing", op=op),
             )
         elif result == "superseded":
             log.warning(
                 "idemsend: could not %s key %s: the record is no longer this worker's (its lease ran out and"
                 " another worker claimed it, or it was settled meanwhile)",
-                op, key,
+                op, key, extra=fields(key, code="superseded", op=op),
             )
         return result
 
