@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._errors import ConfigError
+from .._log import fields
 from ._base import (
     DEFAULT_PROVIDER_WINDOW,
     DEFAULT_RETENTION,
@@ -218,6 +219,7 @@ class MemoryLedger:
                     " of such a job is sent as new, without the frozen body and the stale-replay check, so one"
                     " arriving after the provider's window could send twice. Raise max_records, or use RedisLedger.",
                     self.max_records, self._unwarned_abandoned, key,
+                    extra=fields(key, code="evicted_in_flight", op="evict"),
                 )
                 self._unwarned_abandoned = 0
                 self._last_abandoned_warning = now
@@ -233,6 +235,7 @@ class MemoryLedger:
                 " lost (a replay of such a job after the provider has forgotten its key is sent again)."
                 " Raise max_records, or use RedisLedger.",
                 self.max_records, self._unwarned_in_window, self.provider_window / 3600, key,
+                extra=fields(key, code="evicted_in_window", op="evict"),
             )
             self._unwarned_in_window = 0
             self._last_evict_warning = now
@@ -242,7 +245,7 @@ class MemoryLedger:
             log.warning(
                 "idemsend: MemoryLedger is full (max_records=%d) and grows past its bound (%d records): every"
                 " record is in flight under a live lease, and those are never evicted (they guard sends under way)",
-                self.max_records, len(self) + 1,
+                self.max_records, len(self) + 1, extra=fields(code="over_bound", op="claim"),
             )
             self._last_over_warning = now
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import ConfigError, MissingExtraError
+from .._log import fields
 from ._base import (
     DEFAULT_RETENTION,
     Busy,
@@ -487,7 +488,8 @@ class RedisLedger:
                     f"{risk} Set maxmemory-policy noeviction (a full Redis then refuses writes and the"
                     " ledger fails closed), or pass allow_eviction=True to RedisLedger to accept the risk."
                 )
-            log.warning("idemsend: %s Continuing because allow_eviction=True.", risk)
+            log.warning("idemsend: %s Continuing because allow_eviction=True.", risk,
+                        extra=fields(code="eviction_allowed", op="start"))
         unpersisted = [f for f in facts if f.persisted is False]
         if unpersisted:
             log.warning(
@@ -496,6 +498,7 @@ class RedisLedger:
                 " is sent again (a double send). Fine for development and CI; in production enable"
                 " appendonly yes (or RDB save points, which lose the writes since the last snapshot).",
                 ", ".join(f.node for f in unpersisted), "; ".join(f.persistence for f in unpersisted),
+                extra=fields(code="no_persistence", op="start"),
             )
         unchecked = [f for f in facts if f.policy is None]
         if unchecked:
@@ -504,6 +507,7 @@ class RedisLedger:
                 " persistence (appendonly yes) is on, or ledger records can vanish and a replay after the"
                 " provider's idempotency window is sent again (a double send).",
                 ", ".join(f.node for f in unchecked), "; ".join("; ".join(f.errors) for f in unchecked),
+                extra=fields(code="unchecked", op="start"),
             )
 
     # -- the state machine ---------------------------------------------------------------
