@@ -261,3 +261,15 @@ async def test_leases_and_retention_are_on_its_own_clock() -> None:
     assert await ledger.get("k") is not None  # retention counts from the completion
     clock.now += 1
     assert await ledger.get("k") is None
+
+
+async def test_evicting_a_stale_or_mismatch_record_warns(caplog: pytest.LogCaptureFixture) -> None:
+    ledger = MemoryLedger(max_records=2)
+    for key, code in (("stale", "STALE_REPLAY"), ("other", "INVALID")):
+        await ledger.claim(key=key, job_id=key, payload=b"{}", fingerprint="f" * 64, token="t", lease=30)
+        await ledger.fail(key=key, token="t", code=code, message="m")
+    with caplog.at_level(logging.WARNING, logger="idemsend.ledger"):
+        for key in ("new-1", "new-2"):
+            await ledger.claim(key=key, job_id=key, payload=b"{}", fingerprint="f" * 64, token="t", lease=30)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "STALE_REPLAY" in lines[0] and "stale" in lines[0], lines

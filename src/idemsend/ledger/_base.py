@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_LEASE",
     "DEFAULT_PROVIDER_WINDOW",
     "DEFAULT_RETENTION",
+    "UNSAFE_TO_CLEAR",
     "Busy",
     "ClaimResult",
     "Claimed",
@@ -45,6 +46,9 @@ __all__ = [
 
 #: How long a ledger keeps a record by default (seconds): a week.
 DEFAULT_RETENTION = 7 * 24 * 3600.0
+#: Fatal codes ``clear`` refuses without ``force``: clearing them can let a job send twice
+#: (a stale unknown outcome may have been sent; a mismatch means the key already ran).
+UNSAFE_TO_CLEAR = frozenset({"STALE_REPLAY", "IDEMPOTENCY_MISMATCH"})
 #: How long a claim holds its key by default (seconds) before another worker may take it.
 DEFAULT_LEASE = 30.0
 #: How long a provider keeps an idempotency key (Stripe, Resend...: 24 h).
@@ -239,8 +243,8 @@ class Ledger(Protocol):
         and ``first_sent_at`` now, because the send did happen and only a done record
         prevents a double send after the provider's window) or ``"superseded"`` (the
         record is in flight under another token, or already done or fatal; it is left
-        untouched). Never ``"missing"``. Store failures raise ``LedgerUnavailableError``
-        (only that)."""
+        untouched: every transition is checked against the claim token). Never
+        ``"missing"``. Store failures raise ``LedgerUnavailableError`` (only that)."""
         ...
 
     async def fail(self, *, key: str, token: str, code: str, message: str) -> SettleResult:
@@ -274,13 +278,15 @@ class Ledger(Protocol):
         Store failures raise ``LedgerUnavailableError`` (only that)."""
         ...
 
-    async def clear(self, key: str) -> bool:
+    async def clear(self, key: str, *, force: bool = False) -> bool:
         """Remove a **fatal** record on purpose, so its job can run again (an operator
         fixed the cause). Atomic: the state is checked and the record removed in one step.
 
         Answers ``True`` when a fatal record was removed, ``False`` when there was no
-        record or it is done or in flight: those are never cleared (clearing a done record
-        would allow a double send). Store failures raise ``LedgerUnavailableError`` (only that)."""
+        record, it is done or in flight (never cleared: clearing a done record would allow
+        a double send), or its code is one of ``UNSAFE_TO_CLEAR`` (``STALE_REPLAY``: the
+        send may have run; ``IDEMPOTENCY_MISMATCH``: the key ran with another body) and
+        ``force`` is false. Store failures raise ``LedgerUnavailableError`` (only that)."""
         ...
 
     async def get(self, key: str) -> LedgerRecord | None:

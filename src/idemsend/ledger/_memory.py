@@ -16,6 +16,7 @@ from .._log import fields
 from ._base import (
     DEFAULT_PROVIDER_WINDOW,
     DEFAULT_RETENTION,
+    UNSAFE_TO_CLEAR,
     Busy,
     Claimed,
     ClaimResult,
@@ -224,6 +225,15 @@ class MemoryLedger:
                 self._unwarned_abandoned = 0
                 self._last_abandoned_warning = now
             return
+        if rec.state == "fatal" and rec.code in UNSAFE_TO_CLEAR:
+            # a stale unknown outcome or a mismatch: the job must not simply run again
+            log.warning(
+                "idemsend: MemoryLedger is full (max_records=%d) and evicted the %s record of key %s: a new"
+                " delivery of its job is no longer stopped and may send again. Raise max_records, or use"
+                " RedisLedger.",
+                self.max_records, rec.code, key, extra=fields(key, code=rec.code, op="evict"),
+            )
+            return
         if rec.state != "done" or now - rec.first_sent_at >= self.provider_window:
             return
         self.evictions_in_window += 1
@@ -371,10 +381,10 @@ class MemoryLedger:
             self._flight_scan_after = -math.inf  # it can be evicted now
         return "ok"
 
-    async def clear(self, key: str) -> bool:
+    async def clear(self, key: str, *, force: bool = False) -> bool:
         """See ``Ledger.clear``."""
         rec = self._record(key, self.clock())
-        if rec is None or rec.state != "fatal":
+        if rec is None or rec.state != "fatal" or (rec.code in UNSAFE_TO_CLEAR and not force):
             return False
         del self._settled[key]
         self._forget_job(key, rec)

@@ -36,6 +36,7 @@ from .._errors import ConfigError, MissingExtraError
 from .._log import fields
 from ._base import (
     DEFAULT_RETENTION,
+    UNSAFE_TO_CLEAR,
     Busy,
     Claimed,
     ClaimResult,
@@ -183,12 +184,15 @@ return 'ok'
 
 # Only a fatal record is ever cleared: a done one stops a double send, an in-flight one
 # may be mid-send.
+# ARGV[1] == '1': force; ARGV[2..]: the codes cleared only with force (UNSAFE_TO_CLEAR)
 _CLEAR = """
-if redis.call('HGET', KEYS[1], 'st') == 'fatal' then
-  redis.call('DEL', KEYS[1])
-  return 1
+local r = redis.call('HMGET', KEYS[1], 'st', 'code')
+if r[1] ~= 'fatal' then return 0 end
+if ARGV[1] ~= '1' then
+  for i = 2, #ARGV do if r[2] == ARGV[i] then return 0 end end
 end
-return 0
+redis.call('DEL', KEYS[1])
+return 1
 """
 
 
@@ -332,6 +336,8 @@ class RedisLedger:
     ) -> None:
         self.client = client
         self.prefix = prefix
+        if isinstance(retention, bool) or not isinstance(retention, int | float) or not retention >= 1:
+            raise ConfigError(f"retention must be at least 1 second, got {retention!r}")
         self.retention = retention
         self.allow_eviction = allow_eviction
         self._retention_ms = str(int(retention * 1000))
@@ -566,9 +572,9 @@ class RedisLedger:
         """See ``Ledger.release``."""
         return _answer(await self._call("release", self.record_key(key), token, "1" if forget else "0"))
 
-    async def clear(self, key: str) -> bool:
-        """See ``Ledger.clear``: one script checks the state and deletes."""
-        return bool(await self._call("clear", self.record_key(key)))
+    async def clear(self, key: str, *, force: bool = False) -> bool:
+        """See ``Ledger.clear``: one script checks the state (and code) and deletes."""
+        return bool(await self._call("clear", self.record_key(key), "1" if force else "0", *sorted(UNSAFE_TO_CLEAR)))
 
     async def get(self, key: str) -> LedgerRecord | None:
         """See ``Ledger.get``: one HGETALL (outside the batches)."""

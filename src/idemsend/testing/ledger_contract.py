@@ -347,6 +347,19 @@ class LedgerContract:
         assert isinstance(again, Claimed) and again.fresh
 
     @pytest.mark.anyio
+    async def test_clear_refuses_a_stale_or_mismatched_record_unless_forced(self, ledger: Ledger) -> None:
+        """A ``STALE_REPLAY`` record may stand for a send that ran, a mismatch for a key that
+        ran with another body: clearing either could send twice, so only ``force`` does."""
+        for key, code in (("stale", "STALE_REPLAY"), ("mismatch", "IDEMPOTENCY_MISMATCH")):
+            await ledger.claim(key=key, job_id=key, payload=P1, fingerprint=F1, token="tok-a", lease=30)
+            await ledger.fail(key=key, token="tok-a", code=code, message="a person looks at it")
+            assert await ledger.clear(key) is False
+            record = await ledger.get(key)
+            assert record is not None and record.state == "fatal" and record.code == code
+            assert await ledger.clear(key, force=True) is True
+            assert await ledger.get(key) is None
+
+    @pytest.mark.anyio
     async def test_unstable_key_is_reported_and_leaves_nothing_claimed(self, ledger: Ledger) -> None:
         """A job id claiming a second key gets ``Unstable`` and leaves no record behind."""
         first = await ledger.claim(key="key-1", job_id="j1", payload=P1, fingerprint=F1, token="tok-a", lease=30)
