@@ -25,7 +25,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from idemsend._demo import Progress  # noqa: E402
+from idemsend.cli._progress import Progress  # noqa: E402
 from idemsend.testing._redis_server import RedisServer, free_port  # noqa: E402
 
 VARIANTS = ("raw", "tenacity", "engine", "memory", "redis", "idemkit")

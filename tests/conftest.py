@@ -36,7 +36,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     import sys
 
-    module = sys.modules.get("tests.test_conformance")
+    module = sys.modules.get("tests.adapters.test_conformance")
     if module is not None and module.RESULTS:
         terminalreporter.write_sep("=", "conformance: scenario x adapter")
         terminalreporter.write_line(module.conformance_table())

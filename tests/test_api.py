@@ -96,3 +96,48 @@ def test_demo_cli_rejects_bad_options() -> None:
         [sys.executable, "-m", "idemsend.cli", "demo", "--dup-rate", "2"], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 2 and "between 0 and 1" in out.stderr
+
+
+def test_cli_commands_are_the_installed_ones() -> None:
+    from idemsend.cli import build_parser, main
+
+    assert callable(main)  # [project.scripts] idemsend = "idemsend.cli:main"
+    assert "{demo,mock-provider,inspect,clear}" in build_parser().format_help()
+    out = subprocess.run(
+        [sys.executable, "-m", "idemsend.cli", "chaos"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 2 and "invalid choice: 'chaos'" in out.stderr  # it lives in harness/ now
+
+
+def test_the_wheel_ships_no_checkout_tooling() -> None:
+    package = Path(idemsend.__file__).parent
+    assert not (package / "_chaos.py").exists() and not (package / "_demo.py").exists()
+    assert (package / "cli" / "_demo.py").exists() and (package / "cli" / "_progress.py").exists()
+
+
+@pytest.mark.anyio
+async def test_clear_cli_keeps_a_record_whose_send_may_have_run_unless_forced(redis_url: str) -> None:
+    import asyncio
+    import uuid
+
+    import aiohttp
+
+    from idemsend import Engine, Job, MismatchError
+    from idemsend.cli import main
+    from idemsend.ledger import RedisLedger
+    from idemsend.testing import MockProvider
+
+    prefix = f"cli-{uuid.uuid4().hex[:8]}"
+    async with MockProvider() as provider:
+        headers = {"Authorization": f"Bearer {provider.api_key}", "Idempotency-Key": "welcome:u1:j1"}
+        async with aiohttp.ClientSession() as s, s.post(provider.emails_url, json={"other": 1}, headers=headers):
+            pass  # the key ran with another body
+        engine = Engine(provider.emails_url, key="welcome:{user_id}:{job_id}", api_key=provider.api_key,
+                        ledger=RedisLedger.from_url(redis_url, prefix=prefix))
+        async with engine:
+            with pytest.raises(MismatchError):
+                await engine.send(Job("j1", {"user_id": "u1"}), {"to": ["a@example.com"]})
+    clear = ["clear", "welcome:u1:j1", "--redis", redis_url, "--prefix", prefix]
+    assert await asyncio.to_thread(main, clear) == 1  # refused: the key ran with another body
+    assert await asyncio.to_thread(main, [*clear, "--force"]) == 0
+    assert await asyncio.to_thread(main, clear) == 1  # nothing left to clear

@@ -4,10 +4,17 @@
 * ``idemsend.adapters.rq``     (``pip install 'idemsend[rq]'``)
 * ``idemsend.adapters.qstash`` (``pip install 'idemsend[qstash]'``)
 
-Every adapter maps the one outcome model the same way: sent -> the job succeeds with
-``result_dict(result)``; ``RetryableError`` -> the queue's own delayed retry after
-``default_retry_delay`` (the provider's ``retry_after``, else exponential backoff);
-``FatalError`` -> a failure the queue records and never retries.
+Every adapter is a short translation of one outcome model, the adapter kit's
+``run_job(...) -> JobOutcome``: ``Succeeded(result)`` -> the job succeeds with
+``result_dict(result)``; ``RetryIn(delay, error)`` -> the queue's own delayed retry after
+``delay`` (the provider's ``retry_after``, else ``QueueBackoff``'s exponential backoff);
+``GiveUp(error)`` -> a failure the queue records and never retries (a ``FatalError``, or a
+``RetryableError`` on the last try, so the real reason is kept).
+
+Shared pieces for new adapters: ``_kit`` (the outcome and the backoff), ``_portal``
+(``ProcessLocalEngine``: one Engine per process for queues with sync jobs), ``_webhook``
+(body reads, responses, aiohttp and ASGI glue for webhook queues), ``_common`` (result
+shape, ``engine_from_env``).
 """
 
 from ._common import (
@@ -15,11 +22,19 @@ from ._common import (
     DEFAULT_RETRY_BASE,
     DEFAULT_RETRY_CAP,
     EngineFactory,
-    default_retry_delay,
     engine_from_env,
     result_dict,
-    retry_span,
     whole_seconds,
+)
+from ._kit import (
+    GiveUp,
+    JobOutcome,
+    QueueBackoff,
+    RetryIn,
+    Succeeded,
+    default_retry_delay,
+    retry_span,
+    run_job,
 )
 
 __all__ = [
@@ -27,9 +42,15 @@ __all__ = [
     "DEFAULT_RETRY_BASE",
     "DEFAULT_RETRY_CAP",
     "EngineFactory",
+    "GiveUp",
+    "JobOutcome",
+    "QueueBackoff",
+    "RetryIn",
+    "Succeeded",
     "default_retry_delay",
     "engine_from_env",
     "result_dict",
     "retry_span",
+    "run_job",
     "whole_seconds",
 ]

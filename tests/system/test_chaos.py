@@ -9,27 +9,41 @@ from pathlib import Path
 
 import pytest
 
-from idemsend._chaos import ChaosReport
+from harness.chaos import ChaosReport
+from harness.queues import drivers
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_chaos_small_run_sends_each_job_exactly_once() -> None:
+    queues = list(drivers())
     out = subprocess.run(
-        [sys.executable, "-m", "idemsend.cli", "chaos", "--jobs", "200", "--seed", "11", "--quiet"],
+        [sys.executable, "-m", "harness.chaos", "--jobs", "200", "--seed", "11", "--quiet"],
         capture_output=True, text=True, timeout=900, cwd=ROOT,
     )
     print(out.stdout)
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in out.stdout.splitlines() if line.startswith("| ") and not line.startswith("| |")}
-    assert rows["provider sends"] == ["200", "200", "200"]
-    assert rows["double sends"] == ["0", "0", "0"]
-    assert rows["lost jobs"] == ["0", "0", "0"]
-    assert rows["verdict"] == ["OK", "OK", "OK"]
-    assert all(int(n) >= 1 for n in rows["workers SIGKILLed"]) and rows["Redis restarts"] == ["1", "1", "1"]
+    every = len(queues)
+    assert rows["provider sends"] == ["200"] * every
+    assert rows["double sends"] == ["0"] * every
+    assert rows["lost jobs"] == ["0"] * every
+    assert rows["verdict"] == ["OK"] * every
+    assert all(int(n) >= 1 for n in rows["workers SIGKILLed"]) and rows["Redis restarts"] == ["1"] * every
     assert all(int(n) > 20 for n in rows["duplicates delivered"])
+    assert "logs kept" not in out.stderr  # a passing run leaves no log folder behind
+
+
+def test_chaos_refuses_an_unknown_queue() -> None:
+    known = next(iter(drivers()))
+    out = subprocess.run(
+        [sys.executable, "-m", "harness.chaos", "--queues", f"{known},nope", "--jobs", "1"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert out.returncode == 2 and "unknown queue(s) ['nope']" in out.stderr
 
 
 def test_chaos_verdict_catches_violations() -> None:

@@ -518,7 +518,7 @@ def test_webhook_app_requires_the_endpoint_url(monkeypatch: pytest.MonkeyPatch) 
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "adapters" / "qstash_webhook" / "app.py"
+    path = Path(__file__).resolve().parents[3] / "adapters" / "qstash_webhook" / "app.py"
     spec = importlib.util.spec_from_file_location("qstash_webhook_app", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -671,7 +671,7 @@ class _AlwaysRetry(Engine):
         super().__init__(url, key="k:{job_id}", api_key="x")
         self.after = after
 
-    async def send(self, job: Job, body: Any, *, attempt: int | None = None) -> Any:
+    async def send(self, job: Job, body: Any, *, attempt: int | None = None, queue: str | None = None) -> Any:
         raise RetryableError("busy", retry_after=self.after)
 
 

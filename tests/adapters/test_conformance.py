@@ -1,27 +1,45 @@
-"""One table of scenarios, run against every adapter with real workers, real Redis and
-real HTTP to the MockProvider. Every adapter must give the same provider-side sends and
-the same terminal state. The scenario x adapter table is printed at the end of the run."""
+"""One table of scenarios, run against every queue's adapter with real workers, real Redis
+and real HTTP to the MockProvider. Every adapter must give the same provider-side sends and
+the same terminal state. The scenario x adapter table is printed at the end of the run.
+
+The queues are the drivers in ``harness/queues/`` (a new queue's driver joins the table
+with no edit here); the scenarios speak only the ``QueueDriver`` interface.
+"""
 
 from __future__ import annotations
 
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from harness.queues import CONFORMANCE, QueueDriver, QueueJob, RunDir, Terminal, drivers
+from harness.queues.base import wait_for_arrival
 from idemsend.testing import MockProvider
 
-from .conformance.drivers import DRIVERS, Driver, Terminal
+pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.processes]
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
-
+DRIVERS = drivers()
 #: scenario -> adapter -> what was seen; printed by conftest's terminal summary
 RESULTS: dict[str, dict[str, str]] = {}
+#: log folders kept because a test failed; named in the terminal summary
+KEPT_LOGS: list[Path] = []
+
+
+@pytest.fixture(scope="module")
+def run_dir(request: pytest.FixtureRequest) -> Iterator[RunDir]:
+    failed_before = request.session.testsfailed
+    logs = RunDir("conformance")
+    yield logs
+    kept = logs.finish(keep=request.session.testsfailed > failed_before)
+    if kept is not None:
+        KEPT_LOGS.append(kept)
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +49,15 @@ async def provider() -> AsyncIterator[MockProvider]:
 
 
 @pytest.fixture(scope="module", params=list(DRIVERS))
-async def driver(request: pytest.FixtureRequest, provider: MockProvider, redis_url: str) -> AsyncIterator[Driver]:
-    made = DRIVERS[request.param](provider, redis_url)
-    await made.start()
-    try:
+async def driver(
+    request: pytest.FixtureRequest, provider: MockProvider, redis_url: str, run_dir: RunDir
+) -> AsyncIterator[QueueDriver]:
+    driver_class = DRIVERS[request.param]
+    reason = driver_class.unavailable()
+    if reason:
+        pytest.skip(reason)
+    async with driver_class(provider, redis_url, profile=CONFORMANCE, run_dir=run_dir) as made:
         yield made
-    finally:
-        await made.stop()
 
 
 @dataclass(frozen=True)
@@ -49,15 +69,13 @@ class Seen:
 
 @dataclass(frozen=True)
 class Case:
-    driver: Driver
+    driver: QueueDriver
     provider: MockProvider
-    job_id: str
-    data: dict[str, Any]
-    body: dict[str, Any]
+    job: QueueJob
 
     @property
     def key(self) -> str:
-        return f"welcome:{self.data['user_id']}:{self.job_id}"
+        return self.job.key
 
     def seen(self, terminal: Terminal | list[Terminal], key: str | None = None) -> Seen:
         key = key or self.key
@@ -68,27 +86,31 @@ class Case:
             len(self.provider.arrivals.get(key, [])),
         )
 
+    def changed(self, **data: Any) -> QueueJob:
+        """The same job id with other data (so another key)."""
+        return QueueJob(self.job.id, {**self.job.data, **data}, self.job.body)
+
 
 async def s_success(c: Case) -> Seen:
-    return c.seen(await c.driver.run(c.job_id, c.data, c.body))
+    return c.seen(await c.driver.run(c.job))
 
 
 async def s_twice_in_a_row(c: Case) -> Seen:
-    first = await c.driver.run(c.job_id, c.data, c.body)
-    second = await c.driver.run(c.job_id, c.data, c.body)
+    first = await c.driver.run(c.job)
+    second = await c.driver.run(c.job)
     assert first.state == second.state == "sent" and second.replayed
     return Seen("sent, then sent (replayed)", c.provider.sends_for(c.key), -1)
 
 
 async def s_twice_at_once(c: Case) -> Seen:
-    terminals = await c.driver.run_twice_at_once(c.job_id, c.data, c.body)
+    terminals = await c.driver.deliver_twice_at_once(c.job)
     assert all(t.state == "sent" for t in terminals)
     return Seen("sent", c.provider.sends_for(c.key), -1)
 
 
 async def s_in_flight_then_success(c: Case) -> Seen:
     c.provider.script("in_flight", key=c.key)
-    return c.seen(await c.driver.run(c.job_id, c.data, c.body))
+    return c.seen(await c.driver.run(c.job))
 
 
 async def s_mismatch(c: Case) -> Seen:
@@ -96,19 +118,19 @@ async def s_mismatch(c: Case) -> Seen:
     headers = {"Authorization": f"Bearer {c.provider.api_key}", "Idempotency-Key": c.key}
     async with aiohttp.ClientSession() as s, s.post(c.provider.emails_url, json={"other": 1}, headers=headers) as r:
         assert r.status == 200
-    return c.seen(await c.driver.run(c.job_id, c.data, c.body))
+    return c.seen(await c.driver.run(c.job))
 
 
 async def s_503_twice(c: Case) -> Seen:
     c.provider.script("5xx", "5xx", key=c.key)
-    return c.seen(await c.driver.run(c.job_id, c.data, c.body))
+    return c.seen(await c.driver.run(c.job))
 
 
 async def s_429_retry_after(c: Case) -> Seen:
     c.provider.faults.retry_after = 2
     c.provider.script("429", key=c.key)
     try:
-        terminal = await c.driver.run(c.job_id, c.data, c.body)
+        terminal = await c.driver.run(c.job)
     finally:
         c.provider.faults.retry_after = 1
     arrivals = c.provider.arrivals[c.key]
@@ -119,30 +141,34 @@ async def s_429_retry_after(c: Case) -> Seen:
 
 async def s_lost_response(c: Case) -> Seen:
     c.provider.script("lost", key=c.key)
-    return c.seen(await c.driver.run(c.job_id, c.data, c.body))
+    return c.seen(await c.driver.run(c.job))
 
 
 async def s_unstable_key(c: Case) -> Seen:
-    first = await c.driver.run(c.job_id, c.data, c.body)
+    first = await c.driver.run(c.job)
     assert first.state == "sent"
     # the same job redelivered with a key field changed: a different key for one job id
-    changed = {**c.data, "user_id": c.data["user_id"] + "-x"}
-    second = await c.driver.run(c.job_id, changed, c.body)
-    changed_key = f"welcome:{changed['user_id']}:{c.job_id}"
-    assert c.provider.sends_for(changed_key) == 0 and changed_key not in c.provider.arrivals
+    changed = c.changed(user_id=c.job.data["user_id"] + "-x")
+    second = await c.driver.run(changed)
+    assert c.provider.sends_for(changed.key) == 0 and changed.key not in c.provider.arrivals
     return c.seen(second)
 
 
 async def s_invalid_key(c: Case) -> Seen:
-    bad = {**c.data, "user_id": "has a space"}
-    terminal = await c.driver.run(c.job_id, bad, c.body)
-    return c.seen(terminal, key=f"welcome:has a space:{c.job_id}")
+    bad = c.changed(user_id="has a space")
+    return c.seen(await c.driver.run(bad), key=bad.key)
 
 
 async def s_worker_killed(c: Case) -> Seen:
+    """Deliver, SIGKILL every worker while the send is at the provider, restart them, and
+    let the queue redeliver in its own way."""
     c.provider.delay(c.key, 3.0)
-    terminal = await c.driver.run_killing_worker(c.job_id, c.data, c.body, c.key)
-    return c.seen(terminal)
+    await c.driver.deliver(c.job)
+    await wait_for_arrival(c.provider, c.key)
+    await c.driver.kill_all()
+    await c.driver.sweep_abandoned()
+    await c.driver.start()
+    return c.seen(await c.driver.wait(c.job.id))
 
 
 # scenario, function, expected terminal, expected sends at the provider, expected requests (-1: any)
@@ -161,18 +187,20 @@ SCENARIOS: list[tuple[str, Callable[[Case], Awaitable[Seen]], str, int, int]] = 
 ]
 
 
+def new_job(driver: QueueDriver) -> QueueJob:
+    tag = uuid.uuid4().hex[:8]
+    body = {"to": [f"{tag}@example.com"], "template": "welcome"}
+    return QueueJob(f"{driver.name}-{tag}", {"user_id": f"u-{tag}"}, body)
+
+
 @pytest.mark.parametrize(
     ("name", "scenario", "terminal", "sends", "requests"), SCENARIOS, ids=[s[0] for s in SCENARIOS]
 )
 async def test_scenario(
-    driver: Driver, provider: MockProvider, name: str, scenario: Callable[[Case], Awaitable[Seen]],
+    driver: QueueDriver, provider: MockProvider, name: str, scenario: Callable[[Case], Awaitable[Seen]],
     terminal: str, sends: int, requests: int,
 ) -> None:
-    tag = uuid.uuid4().hex[:8]
-    case = Case(
-        driver, provider, job_id=f"{driver.name}-{tag}", data={"user_id": f"u-{tag}"},
-        body={"to": [f"{tag}@example.com"], "template": "welcome"},
-    )
+    case = Case(driver, provider, new_job(driver))
     start = time.monotonic()
     try:
         seen = await scenario(case)
@@ -189,21 +217,20 @@ async def test_scenario(
         assert seen.requests == requests, f"{driver.name}: {seen}"
 
 
-async def test_retries_exhausted_record_the_last_reason(driver: Driver, provider: MockProvider) -> None:
+async def test_retries_exhausted_record_the_last_reason(driver: QueueDriver, provider: MockProvider) -> None:
     """A job that never gets past 503 ends failed with the real reason, not silently."""
-    tag = uuid.uuid4().hex[:8]
-    job_id, data = f"{driver.name}-{tag}", {"user_id": f"u-{tag}"}
-    key = f"welcome:u-{tag}:{job_id}"
-    provider.script(*["5xx"] * 30, key=key)
-    terminal = await driver.run(job_id, data, {"to": ["x@example.com"]})
+    job = new_job(driver)
+    provider.script(*["5xx"] * 30, key=job.key)
+    terminal = await driver.run(job)
+    tries = len(provider.arrivals.get(job.key, []))
+    reason = "HTTP 503" if "HTTP 503" in terminal.reason else terminal.reason[:40]
     RESULTS.setdefault("retries exhausted", {})[driver.name] = (
-        f"{terminal.state} after {len(provider.arrivals.get(key, []))} tries"
-        f" ({'HTTP 503' if 'HTTP 503' in terminal.reason else terminal.reason[:40]}); sends {provider.sends_for(key)}"
+        f"{terminal.state} after {tries} tries ({reason}); sends {provider.sends_for(job.key)}"
     )
-    assert terminal.state == "failed"
+    assert terminal.state == "failed", driver.tail()
     assert "HTTP 503" in terminal.reason
-    assert provider.sends_for(key) == 0
-    assert len(provider.arrivals[key]) >= 4  # the queue really retried
+    assert provider.sends_for(job.key) == 0
+    assert tries >= 4  # the queue really retried
 
 
 def conformance_table() -> str:
@@ -212,6 +239,8 @@ def conformance_table() -> str:
     for name in [s[0] for s in SCENARIOS] + ["retries exhausted"]:
         row = RESULTS.get(name, {})
         lines.append(f"| {name} | " + " | ".join(row.get(a, "not run") for a in adapters) + " |")
+    if KEPT_LOGS:
+        lines.append("worker logs kept in: " + ", ".join(str(p) for p in KEPT_LOGS))
     return "\n".join(lines)
 
 
