@@ -60,3 +60,29 @@ def postgres(session: nox.Session) -> None:
     PostgreSQL when none runs at POSTGRES_DSN / 127.0.0.1:5432)."""
     session.install("-e", ".[postgres,redis,test]")
     _pytest(session, "tests/ledger", "-m", "postgres")
+
+
+# The queue integrations. Each runs its own tests, the conformance suite (its column) and
+# the small chaos run, with only its own queue library installed.
+QUEUE_TESTS = ("tests/adapters/test_conformance.py", "tests/system/test_chaos.py")
+
+
+@nox.session(python=PYTHON)
+def sqs(session: nox.Session) -> None:
+    """The SQS adapter against moto's server (no cloud): long-poll consumer and Lambda handler."""
+    session.install("-e", ".[sqs,redis,test]", "moto[server]", "boto3")
+    _pytest(session, "tests/adapters/sqs", *QUEUE_TESTS)
+
+
+@nox.session(python=PYTHON)
+def bullmq(session: nox.Session) -> None:
+    """The BullMQ adapter with real bullmq workers on a real Redis (redis-py >= 6.2)."""
+    session.install("-e", ".[bullmq,test]")
+    _pytest(session, "tests/adapters/bullmq", *QUEUE_TESTS)
+
+
+@nox.session(python=PYTHON)
+def celery(session: nox.Session) -> None:
+    """The Celery adapter with real `celery worker` processes on RabbitMQ and on Redis."""
+    session.install("-e", ".[celery,redis,test]")
+    _pytest(session, "tests/adapters/celery", *QUEUE_TESTS)

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -40,3 +42,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if module is not None and module.RESULTS:
         terminalreporter.write_sep("=", "conformance: scenario x adapter")
         terminalreporter.write_line(module.conformance_table())
+        # Queues whose dependencies clash run in their own environments (noxfile.py); each
+        # leaves its columns here, and `python -m harness.conformance DIR` prints one table.
+        out = os.environ.get("IDEMSEND_CONFORMANCE_DIR")
+        if out:
+            adapters = sorted({a for row in module.RESULTS.values() for a in row})
+            path = Path(out) / f"conformance-{'-'.join(adapters)}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            module.dump_results(str(path))

@@ -148,10 +148,21 @@ def test_backoff_doubles_from_base_up_to_cap_with_at_most_25_percent_jitter() ->
 
 @pytest.mark.parametrize(
     ("after", "expected"),
-    [(7.5, 7.5), (-3.0, 0.0), (math.inf, MAX_RETRY_AFTER), (1e308, MAX_RETRY_AFTER), (0, 0.0)],
+    [(7.5, 7.5), (30.0, 30.0), (math.inf, MAX_RETRY_AFTER), (1e308, MAX_RETRY_AFTER)],
 )
 def test_backoff_takes_the_providers_delay_clamped(after: float, expected: float) -> None:
-    assert QueueBackoff().delay(RetryableError("x", retry_after=after), 5) == expected
+    # on try 2 the backoff step is 2 s (+0-25%): a longer delay named by the provider wins
+    assert QueueBackoff().delay(RetryableError("x", retry_after=after), 2) == expected
+
+
+@pytest.mark.parametrize("after", [-3.0, 0.0, 1.0])
+def test_a_short_retry_after_never_shortens_the_backoff(after: float) -> None:
+    # Retry-After: 1 on every try must not squeeze the job's whole budget into seconds
+    for attempt in (1, 5, 9):
+        delay = QueueBackoff().delay(RetryableError("x", retry_after=after), attempt)
+        assert QueueBackoff().step(attempt) <= delay <= QueueBackoff().step(attempt) * 1.25
+    total = sum(QueueBackoff().delay(RetryableError("x", retry_after=1.0), n) for n in range(1, 10))
+    assert total >= QueueBackoff().span(10) == 511
 
 
 def test_a_nan_retry_after_falls_back_to_the_backoff() -> None:

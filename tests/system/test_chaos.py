@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 @pytest.mark.processes
 def test_chaos_small_run_sends_each_job_exactly_once() -> None:
-    queues = list(drivers())
+    queues = [name for name, cls in drivers().items() if cls.unavailable() is None]
+    assert queues, "no queue can run in this environment"
     out = subprocess.run(
         [sys.executable, "-m", "harness.chaos", "--jobs", "200", "--seed", "11", "--quiet"],
         capture_output=True, text=True, timeout=900, cwd=ROOT,
@@ -38,7 +39,7 @@ def test_chaos_small_run_sends_each_job_exactly_once() -> None:
 
 
 def test_chaos_refuses_an_unknown_queue() -> None:
-    known = next(iter(drivers()))
+    known = next(name for name, cls in drivers().items() if cls.unavailable() is None)
     out = subprocess.run(
         [sys.executable, "-m", "harness.chaos", "--queues", f"{known},nope", "--jobs", "1"],
         capture_output=True, text=True, timeout=120, cwd=ROOT,

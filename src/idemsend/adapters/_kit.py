@@ -85,11 +85,15 @@ class QueueBackoff:
         return min(self.cap, self.base * 2.0 ** min(max(attempt - 1, 0), 60))
 
     def delay(self, error: RetryableError, attempt: int) -> float:
-        """How long to wait after try ``attempt`` raised ``error``."""
+        """How long to wait after try ``attempt`` raised ``error``: the backoff step (plus up
+        to 25%), and never less than a ``retry_after`` the provider or engine named (clamped
+        to ``MAX_RETRY_AFTER``). A short ``Retry-After: 1`` on every try therefore cannot
+        squeeze a job's whole retry budget into seconds: ``span`` stays a floor."""
+        step = self.step(attempt) * (1.0 + random.random() / 4)
         after = error.retry_after
         if isinstance(after, int | float) and not isinstance(after, bool) and not math.isnan(after):
-            return min(max(float(after), 0.0), MAX_RETRY_AFTER)
-        return self.step(attempt) * (1.0 + random.random() / 4)
+            return max(min(max(float(after), 0.0), MAX_RETRY_AFTER), step)
+        return step
 
     def span(self, max_tries: int) -> float:
         """The shortest time from a job's first try to its last when no ``retry_after`` is

@@ -31,7 +31,7 @@ JTI_KEY_PREFIX = "idemsend:qstash:jti:"
 
 class ReplayGuardUnavailable(IdemsendError):
     """A replay guard could not answer (its store is unreachable or full). The handler
-    fails closed on it: 503 with ``Retry-After``, nothing sent."""
+    fails closed on it: 503 (no ``Retry-After``), nothing sent."""
 
 
 @runtime_checkable

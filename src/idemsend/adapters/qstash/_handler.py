@@ -75,7 +75,10 @@ NON_RETRYABLE_STATUS = 489
 
 _MAX_SIGNATURE_LENGTH = 8192
 _MAX_JTI_LENGTH = 256
-_GUARD_RETRY_AFTER = 5
+# Webhook hosts' clocks may disagree by this much: a jti is kept this long past its
+# token's expiry, so a host whose clock runs ahead cannot forget it while another host
+# still accepts the token.
+CLOCK_SKEW_MARGIN = 60.0
 _RETRIED = re.compile(r"[0-9]{1,9}")
 
 
@@ -286,7 +289,7 @@ class QStashHandler:
             return error_response(
                 503, "REPLAY_GUARD_UNAVAILABLE",
                 f"the replay guard could not answer ({type(exc).__name__}); nothing was sent",
-                {"Retry-After": str(_GUARD_RETRY_AFTER)},
+                None,  # no Retry-After: QStash's own backoff spreads the retries over the outage
             )
         if first != job_id:
             log.warning(
@@ -321,7 +324,9 @@ class QStashHandler:
         job_id = self._job_id(message.payload, headers)
         if not isinstance(job_id, str):
             return job_id
-        refused = await self._guard(claims["jti"], job_id, float(claims["exp"]) + self.clock_tolerance)
+        refused = await self._guard(
+            claims["jti"], job_id, float(claims["exp"]) + self.clock_tolerance + CLOCK_SKEW_MARGIN
+        )
         if refused is not None:
             return refused
         # QStash keeps its own retry budget (not signed, not ours to count): no try is the last
