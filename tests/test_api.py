@@ -86,7 +86,8 @@ def test_demo_cli_runs_and_reports() -> None:
     }
     assert rows["jobs"] == "300"
     assert rows["provider sends"] == "300"
-    assert rows["double sends"] == "0" and rows["lost jobs"] == "0"
+    assert rows["double sends"] == "0" and rows["lost jobs (never sent)"] == "0"
+    assert rows["unconfirmed jobs (still retrying at the deadline)"] == "0"
     assert int(rows["duplicates delivered"]) > 30
     assert "demo: 300/300" in out.stderr  # progress output
 
@@ -102,7 +103,10 @@ def test_cli_commands_are_the_installed_ones() -> None:
     from idemsend.cli import build_parser, main
 
     assert callable(main)  # [project.scripts] idemsend = "idemsend.cli:main"
-    assert "{demo,mock-provider,inspect,clear}" in build_parser().format_help()
+    help_text = build_parser().format_help()
+    for command in ("demo", "mock-provider", "inspect", "clear", "migrate"):
+        assert command in help_text
+    assert "`" not in help_text and "bench" not in help_text and "chaos" not in help_text
     out = subprocess.run(
         [sys.executable, "-m", "idemsend.cli", "chaos"], capture_output=True, text=True, timeout=60
     )
@@ -141,3 +145,91 @@ async def test_clear_cli_keeps_a_record_whose_send_may_have_run_unless_forced(re
     assert await asyncio.to_thread(main, clear) == 1  # refused: the key ran with another body
     assert await asyncio.to_thread(main, [*clear, "--force"]) == 0
     assert await asyncio.to_thread(main, clear) == 1  # nothing left to clear
+
+
+def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "idemsend.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_version_and_option_help() -> None:
+    out = _cli("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"idemsend {idemsend.__version__}"
+    assert idemsend.__version__ != "0+unknown"
+    demo_help = _cli("demo", "--help").stdout
+    assert "(default: 500)" in demo_help and "jobs to send" in demo_help
+    mock_help = _cli("mock-provider", "--help").stdout
+    assert "(default: test-api-key)" in mock_help and "--accept-any-key" in mock_help
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "needle"),
+    [
+        (("mock-provider", "--rate-5xx", "0.6", "--rate-lost", "0.6"), 2, "add up to 1.2"),
+        (("mock-provider", "--port", "70000"), 2, "port number"),
+        (("demo", "--jobs", "x"), 2, "whole number"),
+        (("inspect", "k", "--ledger", "foo://x"), 2, "unknown ledger URL scheme 'foo'"),
+        (("inspect", "k", "--redis", "redis://127.0.0.1:1/0"), 1, "cannot reach the ledger"),
+        (("inspect", "k"), 2, "one of the arguments --ledger --redis --postgres is required"),
+    ],
+)
+def test_cli_answers_ordinary_mistakes_in_one_line(args: tuple[str, ...], status: int, needle: str) -> None:
+    out = _cli(*args)
+    assert out.returncode == status, out.stderr
+    assert needle in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_mock_provider_on_a_port_in_use_says_so() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = _cli("mock-provider", "--port", str(port))
+    assert out.returncode == 1 and f"port {port} on 127.0.0.1 is in use" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_demo_with_every_request_faulted_ends_with_a_clear_verdict() -> None:
+    out = _cli("demo", "--fault-rate", "1", "--jobs", "5", "--quiet", "--seed", "3", timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "never confirmed" in out.stdout and "| double sends" in out.stdout
+
+
+def test_a_missing_extra_is_one_line(tmp_path: Path) -> None:
+    code = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "redis" or name.startswith("redis."):
+            raise ImportError("blocked " + name)
+sys.meta_path.insert(0, Block())
+from idemsend.cli import main
+sys.exit(main(["inspect", "k", "--redis", "redis://127.0.0.1:6379/0"]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "pip install 'idemsend[redis]'" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.anyio
+async def test_inspect_prints_times_as_iso_and_the_answer_flat(redis_url: str) -> None:
+    import asyncio
+    import json
+    import uuid
+
+    from idemsend import Engine, Job
+    from idemsend.ledger import RedisLedger
+    from idemsend.testing import MockProvider
+
+    prefix = f"cli-{uuid.uuid4().hex[:8]}"
+    async with MockProvider() as provider:
+        ledger = RedisLedger.from_url(redis_url, prefix=prefix)
+        async with Engine(provider.emails_url, key="k:{job_id}", api_key=provider.api_key, ledger=ledger) as e:
+            sent = await e.send(Job("j1"), {"to": ["a@example.com"]})
+    out = await asyncio.to_thread(_cli, "inspect", "k:j1", "--redis", redis_url, "--prefix", prefix)
+    assert out.returncode == 0, out.stderr
+    view = json.loads(out.stdout)
+    assert view["state"] == "done" and view["provider_id"] == sent.id and view["provider_status"] == 200
+    assert view["first_sent_at"].endswith("Z") and "T" in view["first_sent_at"]
+    assert view["provider_response"]["id"] == sent.id and "response" not in view["provider_response"]

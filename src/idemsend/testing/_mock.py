@@ -54,7 +54,8 @@ class Faults:
 
     def __post_init__(self) -> None:
         rates = (self.rate_5xx, self.rate_429, self.rate_lost, self.rate_in_flight)
-        if any(not 0.0 <= r <= 1.0 for r in rates) or sum(rates) > 1.0:
+        # a small tolerance: 0.4 + 0.2 + 0.3 + 0.1 is 1.0000000000000002 in floating point
+        if any(not 0.0 <= r <= 1.0 for r in rates) or sum(rates) > 1.0 + 1e-9:
             raise ValueError(f"fault rates must be in [0, 1] and add up to at most 1, got {rates}")
 
 
@@ -87,7 +88,9 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
 class MockProvider:
     """``async with MockProvider() as p:`` serves the contract at ``p.url``.
 
-    ``api_key=None`` accepts any bearer token; a string requires exactly that one.
+    Every request must carry ``Authorization: Bearer <api_key>``: ``test-api-key`` by
+    default (``idemsend mock-provider`` has the same default); ``api_key=None`` accepts any
+    non-empty bearer token.
     ``clock`` (seconds) drives the window and the in-flight window, so a test can
     expire keys without waiting.
     """
@@ -376,7 +379,8 @@ def run(host: str = "127.0.0.1", port: int = 8025, **options: Any) -> None:
 
     async def main() -> None:
         async with MockProvider(host=host, port=port, **options) as provider:
-            print(f"MockProvider listening on {provider.url} (POST {provider.emails_url})", flush=True)
+            token = f"bearer token {provider.api_key!r}" if provider.api_key else "any bearer token"
+            print(f"MockProvider listening on {provider.url} (POST {provider.emails_url}; {token})", flush=True)
             await asyncio.Event().wait()
 
     with contextlib.suppress(KeyboardInterrupt):
