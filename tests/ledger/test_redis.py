@@ -7,6 +7,7 @@ The state machine it shares with every ledger is tests/ledger/test_contract.py."
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import logging
 import sys
@@ -380,9 +381,10 @@ async def test_inspect_cli_prints_a_record(redis_url: str) -> None:
     out, err = await proc.communicate()
     assert proc.returncode == 0, err
     shown = json.loads(out)
-    assert shown["state"] == "done" and shown["response_id"] == sent.id
+    assert shown["state"] == "done" and shown["provider_id"] == sent.id
     assert shown["fingerprint"] == sent.fingerprint and shown["job_id"] == "j1"
-    assert abs(shown["first_sent_at"] - time.time()) < 60
+    first = datetime.datetime.fromisoformat(shown["first_sent_at"].replace("Z", "+00:00"))
+    assert abs(first.timestamp() - time.time()) < 60
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "idemsend.cli", "inspect", "nope", "--redis", redis_url, "--prefix", prefix,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

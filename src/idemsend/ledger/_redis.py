@@ -336,8 +336,8 @@ class RedisLedger:
     ) -> None:
         self.client = client
         self.prefix = prefix
-        if isinstance(retention, bool) or not isinstance(retention, int | float) or not retention >= 1:
-            raise ConfigError(f"retention must be at least 1 second, got {retention!r}")
+        if isinstance(retention, bool) or not isinstance(retention, int | float) or not 0.001 <= retention < 1e9:
+            raise ConfigError(f"retention must be a number of seconds (at least 0.001), got {retention!r}")
         self.retention = retention
         self.allow_eviction = allow_eviction
         self._retention_ms = str(int(retention * 1000))
