@@ -86,3 +86,11 @@ def celery(session: nox.Session) -> None:
     """The Celery adapter with real `celery worker` processes on RabbitMQ and on Redis."""
     session.install("-e", ".[celery,redis,test]")
     _pytest(session, "tests/adapters/celery", *QUEUE_TESTS)
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """The API reference site from the docstrings (mkdocs-material + mkdocstrings), built
+    with warnings as errors."""
+    session.install("-e", ".[redis,arq,rq,qstash]", "mkdocs-material", "mkdocstrings[python]")
+    session.run("mkdocs", "build", "--strict", "--quiet", env={"NO_MKDOCS_2_WARNING": "1"})
