@@ -1,6 +1,8 @@
 """The ledger contract (idemsend.testing.ledger_contract) over every ledger idemsend ships:
 MemoryLedger, RedisLedger on a Redis of its own (persistent, so it can be restarted and
-flushed), and RedisLedger on the session's 3-node Redis Cluster."""
+flushed), RedisLedger on the session's 3-node Redis Cluster, and PostgresLedger (tables
+of its own per test on the session's PostgreSQL; the restart test on a server of this
+module's own)."""
 
 from __future__ import annotations
 
@@ -12,8 +14,10 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from idemsend.ledger import Ledger, MemoryLedger, RedisLedger, ledger_from_url
-from idemsend.testing import RedisServer
+from idemsend.testing import PostgresServer, RedisServer
 from idemsend.testing.ledger_contract import Backdate, LedgerContract, MakeLedger, StoreAction
+
+from .conftest import HAVE_ASYNCPG, NO_ASYNCPG, own_postgres, pg_execute
 
 # -- MemoryLedger: the store is one MemoryLedger object, shared by every "worker" -----------
 
@@ -99,10 +103,7 @@ class _RedisContract(LedgerContract):
     @pytest.fixture
     def store_backdate(self, admin: Any, prefix: str) -> Backdate:
         async def backdate(key: str, seconds: float) -> None:
-            record = RedisLedger(admin, prefix=prefix).record_key(key)
-            first = await admin.hget(record, "first")
-            assert first is not None, key
-            await admin.hset(record, "first", str(int(first) - int(seconds * 1000)))
+            assert await RedisLedger(admin, prefix=prefix)._backdate(key, seconds), key
 
         return backdate
 
@@ -163,3 +164,82 @@ class TestRedisClusterLedger(_RedisContract):
                 await admin.delete(key)
 
         return forget
+
+
+# -- PostgresLedger: tables of its own per test, made through ledger_from_url ---------------
+
+
+@pytest.fixture(scope="module")
+def pg_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL of this module's own, for the restart test (started when first asked for)."""
+    server = own_postgres()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not HAVE_ASYNCPG, reason=NO_ASYNCPG)
+class TestPostgresLedger(LedgerContract):
+    @pytest.fixture
+    def pg_url(self, request: pytest.FixtureRequest) -> str:
+        """The session's PostgreSQL (its schema), or this module's own for the restart test."""
+        if "store_restart" in request.fixturenames:
+            server: PostgresServer = request.getfixturevalue("pg_server")
+            return server.dsn
+        url: str = request.getfixturevalue("postgres_store_url")
+        return url
+
+    @pytest.fixture
+    def tables(self, prefix: str) -> str:
+        """This test's two tables, as TRUNCATE and DROP take them."""
+        return f'"{prefix}_ledger", "{prefix}_ledger_jobs"'
+
+    @pytest.fixture
+    async def make_ledger(self, pg_url: str, prefix: str, tables: str) -> AsyncIterator[MakeLedger]:
+        made: list[Ledger] = []
+
+        async def make(*, retention: float | None = None) -> Ledger:
+            options = {} if retention is None else {"retention": retention}
+            ledger = ledger_from_url(pg_url, prefix=prefix, create_table=True, **options)
+            made.append(ledger)
+            await ledger.start()  # creates this test's tables
+            return ledger
+
+        yield make
+        for ledger in made:
+            await ledger.aclose()
+        await pg_execute(pg_url, f"DROP TABLE IF EXISTS {tables}")
+
+    @pytest.fixture
+    def store_forget(self, pg_url: str, tables: str) -> StoreAction:
+        async def forget() -> None:
+            await pg_execute(pg_url, f"TRUNCATE {tables}")
+
+        return forget
+
+    @pytest.fixture
+    def store_backdate(self, pg_url: str, prefix: str) -> Backdate:
+        async def backdate(key: str, seconds: float) -> None:
+            import asyncpg
+
+            con = await asyncpg.connect(pg_url)
+            try:
+                status = await con.execute(
+                    f'UPDATE "{prefix}_ledger" SET first_sent_at = first_sent_at - $2 * interval \'1 second\''
+                    " WHERE key = $1", key, float(seconds),
+                )
+            finally:
+                await con.close()
+            assert status == "UPDATE 1", key
+
+        return backdate
+
+    @pytest.fixture
+    def store_restart(self, pg_server: PostgresServer) -> StoreAction:
+        async def restart() -> None:  # a fast shutdown: every commit is kept
+            pg_server.stop()
+            pg_server.start()
+
+        return restart

@@ -48,7 +48,7 @@ async def summary(proc: asyncio.subprocess.Process) -> dict[str, int]:
 
 @pytest.mark.processes
 async def test_several_processes_send_the_same_1000_jobs_once_each(shared_store: Store) -> None:
-    prefix = uuid.uuid4().hex
+    prefix = f"p{uuid.uuid4().hex[:16]}"  # a valid Postgres table prefix too
     async with MockProvider(processing_delay=0.001) as p:
         procs = [
             await start_worker(p, shared_store, prefix, "--jobs", "1000", "--concurrency", "50") for _ in range(4)
@@ -63,7 +63,7 @@ async def test_several_processes_send_the_same_1000_jobs_once_each(shared_store:
 
 @pytest.mark.processes
 async def test_worker_killed_between_claim_and_complete_is_resumed_once(shared_store: Store) -> None:
-    prefix = uuid.uuid4().hex
+    prefix = f"p{uuid.uuid4().hex[:16]}"  # a valid Postgres table prefix too
     async with MockProvider(processing_delay=1.5) as p:
         victim = await start_worker(p, shared_store, prefix, "--lease", "1.0")
         deadline = time.monotonic() + 20

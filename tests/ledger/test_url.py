@@ -1,18 +1,23 @@
-"""ledger_from_url: each scheme makes the ledger it names (on real Redis and Cluster where
-there is one to talk to); unknown or unusable URLs are ConfigErrors without the password."""
+"""ledger_from_url: each scheme makes the ledger it names (on real Redis, Cluster and
+PostgreSQL where there is one to talk to); unknown or unusable URLs are ConfigErrors
+without the password."""
 
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 
 from idemsend import ConfigError
+from idemsend._errors import MissingExtraError
 from idemsend.ledger import Claimed, Ledger, MemoryLedger, RedisLedger, ledger_from_url
 from idemsend.ledger._url import _SCHEMES
 from idemsend.testing import RedisServer
+
+from .conftest import HAVE_ASYNCPG, NO_ASYNCPG
 
 pytestmark = pytest.mark.anyio
 
@@ -110,11 +115,78 @@ def test_an_unknown_scheme_is_a_config_error_naming_the_known_ones(scheme: str) 
     assert SECRET not in text and "db.example.com" in text
 
 
+needs_asyncpg = pytest.mark.skipif(not HAVE_ASYNCPG, reason=NO_ASYNCPG)
+
+
+@needs_asyncpg
 @pytest.mark.parametrize("scheme", ["postgresql", "postgres", "POSTGRESQL"])
-def test_postgres_urls_are_reserved_for_the_postgres_ledger(scheme: str) -> None:
-    with pytest.raises(ConfigError, match="Postgres ledger is not available yet") as info:
-        ledger_from_url(f"{scheme}://app:{SECRET}@db.example.com:5432/idemsend")
+def test_postgres_urls_make_a_postgres_ledger_named_by_the_prefix(scheme: str) -> None:
+    from idemsend.ledger import PostgresLedger
+
+    url = f"{scheme}://app:{SECRET}@db.example.com:5432/idemsend?sslmode=require"
+    ledger = ledger_from_url(url, retention=3600, timeout=2)
+    assert isinstance(ledger, PostgresLedger) and ledger.table == "idemsend_ledger"
+    assert ledger.jobs_table == "idemsend_ledger_jobs" and ledger.retention == 3600 and ledger.timeout == 2
+    assert not ledger.create_table
+    assert SECRET not in repr(ledger) and "db.example.com" in repr(ledger)
+    # the prefix names the table (lower case, "-" read as "_"); table= or ?table= win over it
+    assert ledger_from_url(url, prefix="Billing-EU").table == "billing_eu_ledger"  # type: ignore[attr-defined]
+    assert ledger_from_url(url, prefix="x", table="app.sends").table == "app.sends"  # type: ignore[attr-defined]
+    assert ledger_from_url(url + "&table=app.sends", prefix="x").table == "app.sends"  # type: ignore[attr-defined]
+
+
+@needs_asyncpg
+def test_postgres_url_parameters_of_the_ledger_are_read_and_taken_out() -> None:
+    from idemsend.ledger import PostgresLedger
+
+    ledger = ledger_from_url(
+        f"postgresql://app:{SECRET}@db.example.com/idemsend?create_table=true&statement_cache_size=0&sslmode=disable"
+    )
+    assert isinstance(ledger, PostgresLedger) and ledger.create_table
+    assert ledger._pool_options["statement_cache_size"] == 0
+    assert ledger._dsn is not None and "sslmode=disable" in ledger._dsn
+    assert "statement_cache_size" not in ledger._dsn and "create_table" not in ledger._dsn  # not sent to the server
+    explicit = PostgresLedger.from_url("postgresql://db.example.com/x?create_table=true", create_table=False)
+    assert not explicit.create_table  # a keyword argument wins over the DSN
+
+
+@needs_asyncpg
+@pytest.mark.parametrize(
+    ("url", "options", "match"),
+    [
+        ("postgresql://db.example.com/x", {"prefix": "9lives"}, "makes no Postgres table name"),
+        ("postgresql://db.example.com/x", {"prefix": "a" * 40}, "makes no Postgres table name"),
+        ("postgresql://db.example.com/x", {"table": 'x"; DROP TABLE users; --'}, "invalid ledger table name"),
+        ("postgresql://db.example.com/x?table=Sends", {}, "invalid ledger table name"),
+        ("postgresql://db.example.com/x?create_table=maybe", {}, "create_table"),
+        ("postgresql://db.example.com/x?statement_cache_size=none", {}, "statement_cache_size"),
+    ],
+)
+def test_postgres_urls_the_ledger_cannot_use_are_config_errors(url: str, options: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        ledger_from_url(url, **options)
+
+
+@needs_asyncpg
+def test_a_postgres_url_with_a_bad_port_is_a_config_error_without_the_password() -> None:
+    with pytest.raises(ConfigError, match="invalid ledger URL") as info:
+        ledger_from_url(f"postgresql://app:{SECRET}@localhost:notaport/x")
     assert SECRET not in str(info.value)
+
+
+@pytest.mark.skipif(HAVE_ASYNCPG, reason="asyncpg is installed here")
+def test_a_postgres_url_without_asyncpg_names_the_extra() -> None:
+    with pytest.raises(MissingExtraError, match=r"pip install 'idemsend\[postgres\]'"):
+        ledger_from_url("postgresql://db.example.com/x")
+
+
+async def test_postgres_url_makes_a_working_ledger(postgres_store_url: str, prefix: str) -> None:
+    ledger = ledger_from_url(postgres_store_url, prefix=prefix, create_table=True)
+    try:
+        await ledger.start()
+        await round_trip(ledger)
+    finally:
+        await ledger.aclose()
 
 
 def test_a_url_without_a_scheme_is_a_config_error() -> None:
@@ -135,7 +207,7 @@ def test_options_a_ledger_does_not_take_are_a_type_error() -> None:
 
 
 def test_every_scheme_has_one_entry_in_the_registry() -> None:
-    """A new ledger adds its schemes to one table (the Postgres ledger: two entries)."""
+    """A new ledger adds its schemes to one table (the Postgres ledger has two entries)."""
     assert sorted(_SCHEMES) == [
         "memory", "postgres", "postgresql", "redis", "redis+cluster", "rediss", "rediss+cluster", "unix",
     ]

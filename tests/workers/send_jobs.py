@@ -1,4 +1,6 @@
-"""A worker process for the multi-process tests: sends jobs through a RedisLedger.
+"""A worker process for the multi-process tests: sends jobs through a shared ledger,
+``--ledger URL`` (any URL ``ledger_from_url`` takes: redis://, postgresql://...) or
+``--redis URL`` (the same as ``--ledger`` with a redis:// URL).
 
 It behaves like a queue worker that redelivers: a job that raises RetryableError is
 tried again (after a short pause) until it is sent or fatal. Prints a JSON summary.
@@ -13,13 +15,15 @@ import sys
 import time
 
 from idemsend import Engine, FatalError, Job, Limits, RetryableError
-from idemsend.ledger import RedisLedger
+from idemsend.ledger import ledger_from_url
 
 
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--url", required=True)
-    ap.add_argument("--redis", required=True)
+    where = ap.add_mutually_exclusive_group(required=True)
+    where.add_argument("--ledger", help="a ledger URL for ledger_from_url")
+    where.add_argument("--redis", help="a Redis URL (the same as --ledger)")
     ap.add_argument("--prefix", default="idemsend")
     ap.add_argument("--api-key", default="test-api-key")
     ap.add_argument("--jobs", type=int, default=1)
@@ -33,7 +37,8 @@ async def main() -> None:
     stop_at = time.monotonic() + args.deadline
     engine = Engine(
         args.url, key="welcome:{user_id}:{job_id}", api_key=args.api_key, lease=args.lease,
-        ledger=RedisLedger.from_url(args.redis, prefix=args.prefix), limits=Limits(max_in_flight=args.concurrency),
+        ledger=ledger_from_url(args.ledger or args.redis, prefix=args.prefix),
+        limits=Limits(max_in_flight=args.concurrency),
     )
     sem = asyncio.Semaphore(args.concurrency)
 

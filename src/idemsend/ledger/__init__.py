@@ -1,9 +1,12 @@
 """Ledgers: where sends are recorded so replays stay safe past the provider's window.
 
 ``MemoryLedger`` is the embedded default for one process; ``RedisLedger`` (extra
-``idemsend[redis]``) serves many processes and machines. ``ledger_from_url`` makes
-either from a URL (``memory://``, ``redis://``, ``redis+cluster://``...). Import them
-from here; the redis package is only imported when ``RedisLedger`` is first used.
+``idemsend[redis]``) and ``PostgresLedger`` (extra ``idemsend[postgres]``) serve many
+processes and machines. ``ledger_from_url`` makes any of them from a URL (``memory://``,
+``redis://``, ``redis+cluster://``, ``postgresql://``...). Import them from here; the
+redis and asyncpg packages are only imported when ``RedisLedger`` or ``PostgresLedger``
+is first used. (``PostgresLedger`` is not in ``__all__``: a star import, or a check that
+every exported name resolves, must not need the ``postgres`` extra.)
 
 A ledger of your own implements the ``Ledger`` protocol and passes
 ``idemsend.testing.ledger_contract.LedgerContract``; ``GroupCommit`` batches its calls.
@@ -33,6 +36,7 @@ from ._memory import MemoryLedger
 from ._url import ledger_from_url
 
 if TYPE_CHECKING:
+    from ._postgres import PostgresLedger as PostgresLedger  # not in __all__: see the docstring
     from ._redis import RedisLedger
 
 __all__ = [
@@ -63,4 +67,8 @@ def __getattr__(name: str) -> Any:
         from ._redis import RedisLedger
 
         return RedisLedger
+    if name == "PostgresLedger":
+        from ._postgres import PostgresLedger as PostgresLedger  # not in __all__: see the docstring
+
+        return PostgresLedger
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,15 +1,16 @@
 """``ledger_from_url``: one URL names the ledger (``IDEMSEND_LEDGER_URL``, ``idemsend inspect``).
 
 The schemes live in one table, ``_SCHEMES``: a scheme maps to a factory
-``(url, prefix, options) -> Ledger``. A new ledger adds its schemes there (the Postgres
-ledger replaces the ``_not_yet`` entries). A factory imports its ledger's module when it
-runs, so a missing extra (``idemsend[redis]``) only matters for the scheme used.
+``(url, prefix, options) -> Ledger``. A new ledger adds its schemes there. A factory
+imports its ledger's module when it runs, so a missing extra (``idemsend[redis]``,
+``idemsend[postgres]``) only matters for the scheme used.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from yarl import URL
 
@@ -48,10 +49,27 @@ def _redis_cluster(url: str, prefix: str, options: dict[str, Any]) -> Ledger:
     return RedisLedger.from_url(f"{plain}://{rest}", cluster=True, prefix=prefix, **options)
 
 
-def _not_yet(url: str, prefix: str, options: dict[str, Any]) -> Ledger:
-    raise ConfigError(
-        f"the Postgres ledger is not available yet ({safe_url(url)}); use a redis:// or memory:// ledger URL"
-    )
+def postgres_table_for_prefix(prefix: str) -> str:
+    """The table a Postgres ledger uses for a key ``prefix``: ``<prefix>_ledger``, lower
+    case, ``-`` read as ``_`` (``idemsend`` -> ``idemsend_ledger``, the default table)."""
+    return f"{prefix.lower().replace('-', '_')}_ledger"
+
+
+def _postgres(url: str, prefix: str, options: dict[str, Any]) -> Ledger:
+    from ._postgres import PostgresLedger, validate_table
+
+    if "table" not in options and "table" not in dict(parse_qsl(urlsplit(url).query)):
+        table = postgres_table_for_prefix(prefix)
+        try:
+            validate_table(table)
+        except ConfigError:
+            raise ConfigError(
+                f"the prefix {prefix!r} makes no Postgres table name ({table!r}): a Postgres ledger's prefix names"
+                " its table <prefix>_ledger, so use letters, digits, '_' or '-', not starting with a digit, at most"
+                " 39 characters; or pass table=..."
+            ) from None
+        options["table"] = table
+    return PostgresLedger.from_url(url, **options)
 
 
 _SCHEMES: dict[str, LedgerFactory] = {
@@ -61,8 +79,8 @@ _SCHEMES: dict[str, LedgerFactory] = {
     "unix": _redis,
     "redis+cluster": _redis_cluster,
     "rediss+cluster": _redis_cluster,
-    "postgresql": _not_yet,
-    "postgres": _not_yet,
+    "postgresql": _postgres,
+    "postgres": _postgres,
 }
 
 
@@ -73,11 +91,14 @@ def ledger_from_url(url: str, *, prefix: str = "idemsend", **options: Any) -> Le
     * ``redis://``, ``rediss://`` (TLS), ``unix://`` (a socket path): ``RedisLedger.from_url``.
     * ``redis+cluster://`` (``rediss+cluster://``): a ``RedisLedger`` on Redis Cluster,
       the URL read as ``redis://`` (``rediss://``) with ``cluster=True``.
-    * ``postgresql://``, ``postgres://``: reserved for the Postgres ledger (not available
-      yet: ``ConfigError``).
+    * ``postgresql://``, ``postgres://``: ``PostgresLedger.from_url``, its table
+      ``<prefix>_ledger`` (``idemsend_ledger`` by default; ``-`` read as ``_``) unless
+      ``table=`` is given (an option, or ``?table=`` in the URL). ``?create_table=true``
+      and ``?statement_cache_size=0`` (PgBouncer) are read from the URL too.
 
     ``options`` go to the ledger's constructor (``retention=``, ``allow_eviction=``,
-    ``socket_timeout=``, ``max_records=``...); one it does not take raises ``TypeError``.
+    ``socket_timeout=``, ``max_records=``, ``timeout=``, ``create_table=``...); one it
+    does not take raises ``TypeError``.
     An unknown scheme, or a URL the ledger cannot use, raises ``idemsend.ConfigError``.
     Error messages never carry the URL's password (nor its query string).
     """

@@ -1,10 +1,11 @@
 """Test doubles users need: the MockProvider (a real HTTP server), a MockTransport (the
-engine without sockets) and a Redis launcher."""
+engine without sockets) and Redis and PostgreSQL launchers."""
 
 from typing import TYPE_CHECKING, Any
 
 from .._transport import MockTransport
 from ._mock import FAULTS, Faults, MockProvider
+from ._postgres_server import PostgresServer
 from ._redis_server import RedisClusterServers, RedisServer, redis_url_or_start
 
 if TYPE_CHECKING:
@@ -16,6 +17,7 @@ __all__ = [
     "LedgerContract",
     "MockProvider",
     "MockTransport",
+    "PostgresServer",
     "RedisClusterServers",
     "RedisServer",
     "redis_url_or_start",
