@@ -64,7 +64,7 @@ def postgres(session: nox.Session) -> None:
 
 # The queue integrations. Each runs its own tests, the conformance suite (its column) and
 # the small chaos run, with only its own queue library installed.
-QUEUE_TESTS = ("tests/adapters/test_conformance.py", "tests/system/test_chaos.py")
+QUEUE_TESTS = ("tests/adapters/test_conformance.py", "tests/system/test_chaos.py", "tests/unit/test_readme.py")
 
 
 @nox.session(python=PYTHON)
