@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from .base import QueueDriver, QueueJob, Terminal, db_url, retrying, wait_for_arrival
 
@@ -317,8 +317,9 @@ class CeleryRedisDriver(CeleryDriver):
         client = Redis.from_url(self.broker_url)
         try:
             queues = [key for key in client.scan_iter(f"{prefix}{self.queue_name}*") if client.type(key) == b"list"]
-            raw: list[Any] = [item for key in queues for item in client.lrange(key, 0, -1)]
-            raw += client.hvals(f"{prefix}unacked")
+            # redis-py 5's stubs type these as "list | Awaitable[list]" (sync and async in one)
+            raw: list[Any] = [item for key in queues for item in cast(list[Any], client.lrange(key, 0, -1))]
+            raw += cast(list[Any], client.hvals(f"{prefix}unacked"))
         finally:
             client.close()
         return {m.decode() for item in raw for m in _CORRELATION.findall(item)}

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..._classify import MAX_RETRY_AFTER
 from .._common import whole_seconds
+from .._messages import default_parse, reject_constant
 
 __all__ = [
     "DEFAULT_MAX_DEPTH",
@@ -43,15 +44,6 @@ JobIdFrom = Callable[[Any], Any]
 VISIBLE_ASCII = re.compile(r"[!-~]+")
 
 
-def default_parse(payload: Any) -> tuple[Mapping[str, Any], Any]:
-    """``{"data": {...}, "body": ...}`` -> (data, body)."""
-    if not isinstance(payload, Mapping) or "body" not in payload:
-        raise ValueError('the message must be a JSON object with "body" (and optional "data")')
-    data = payload.get("data", {})
-    if not isinstance(data, Mapping):
-        raise ValueError('"data" must be a JSON object')
-    return data, payload["body"]
-
 
 def default_job_id(payload: Any) -> Any:
     """The job id of a message for ``job_id_from="body"``: its ``"job_id"`` field."""
@@ -76,10 +68,6 @@ def retry_after_seconds(value: object) -> int | None:
         return limit
     return min(limit, whole_seconds(max(0.0, number)))
 
-
-def reject_constant(name: str) -> Any:
-    """``json.loads(parse_constant=)``: NaN and Infinity are not JSON."""
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def _unicode_ok(text: str) -> bool:

@@ -20,6 +20,7 @@ from ..._engine import Engine
 from ..._errors import ConfigError, FatalError
 from ..._keys import Job
 from .._kit import GiveUp, JobOutcome, QueueBackoff, RetryIn, Succeeded, run_job
+from .._messages import default_parse, reject_constant
 
 __all__ = [
     "BAD_MESSAGE",
@@ -131,18 +132,6 @@ def _count(value: str | None) -> int | None:
         return None
 
 
-def default_parse(payload: Any) -> tuple[Mapping[str, Any], Any]:
-    """``{"data": {...}, "body": ...}`` -> (data, body), as every adapter's message reads."""
-    if not isinstance(payload, Mapping) or "body" not in payload:
-        raise ValueError('the message must be a JSON object with "body" (and optional "data")')
-    data = payload.get("data", {})
-    if not isinstance(data, Mapping):
-        raise ValueError('"data" must be a JSON object')
-    return data, payload["body"]
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 # -- what a try comes to in SQS's terms -----------------------------------------------------
@@ -261,7 +250,7 @@ class Reader:
                 f" characters, got {job_id[:80].encode('ascii', 'backslashreplace').decode()!r}"
             )
         try:
-            payload = json.loads(message.body, parse_constant=_reject_constant)
+            payload = json.loads(message.body, parse_constant=reject_constant)
         except RecursionError:
             raise BadMessageError(f"message {message.message_id}: the body is nested too deeply") from None
         except ValueError as exc:
