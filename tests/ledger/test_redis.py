@@ -59,8 +59,11 @@ async def test_records_expire_after_the_retention(flavour: str, request: pytest.
         await ledger.claim(key="f", job_id="jf", payload=P1, fingerprint=F1, token="t", lease=5)
         await ledger.fail(key="f", token="t", code="X", message="y")
         assert 29_000 < await ledger.client.pttl(ledger.record_key("f")) <= 30_000
-        # the frozen body and the lease go once settled
-        assert await ledger.client.hmget(ledger.record_key("k"), "body", "lease") == [None, None]
+        # the frozen body and the lease go once settled: the done record is the first-sent
+        # time, job id, fingerprint and response only
+        done = await ledger.client.get(ledger.record_key("k"))
+        assert done.startswith(b"D") and P1 not in done and done.endswith(b'{"id":"x"}')
+        assert (await ledger.get("k")) is not None and (await ledger.get("k")).lease_until is None  # type: ignore[union-attr]
     finally:
         await ledger.aclose()
 
@@ -83,9 +86,9 @@ async def test_flushall_then_complete_recreates_and_a_late_worker_is_superseded(
             await asyncio.sleep(0.3)
             taken = await ledger.claim(key="k2", job_id="j2", payload=P1, fingerprint=F1, token="tok-b", lease=30)
             assert isinstance(taken, Claimed)
-            before = await ledger.client.hgetall(ledger.record_key("k2"))
+            before = await ledger.client.get(ledger.record_key("k2"))
             assert await ledger.complete(key="k2", token="tok-a", response={"id": "late"}) == "superseded"
-            assert await ledger.client.hgetall(ledger.record_key("k2")) == before
+            assert await ledger.client.get(ledger.record_key("k2")) == before
         finally:
             await ledger.aclose()
 
@@ -102,6 +105,66 @@ async def test_a_malformed_record_is_a_store_failure(flavour: str, request: pyte
         await ledger.client.hset(ledger.record_key("bad-json"), mapping={"st": "done", "first": "1", "resp": "{"})
         with pytest.raises(LedgerUnavailableError, match="malformed"):
             await ledger.get("bad-json")
+    finally:
+        await ledger.aclose()
+
+
+# -- records written by an earlier version (hashes) -------------------------------------------
+
+
+@pytest.mark.parametrize("flavour", ["redis", "cluster"])
+async def test_records_an_earlier_version_wrote_as_hashes_are_honoured(
+    flavour: str, request: pytest.FixtureRequest
+) -> None:
+    """An upgrade must not forget what the ledger held: a done hash still answers Done (no
+    second send), an in-flight hash resumes with its frozen body, and settling rewrites it."""
+    ledger = redis_ledger(request, flavour)
+    client = ledger.client
+    try:
+        now = int(time.time() * 1000)
+        await client.hset(ledger.record_key("done"), mapping={
+            "st": "done", "job": "j1", "fp": F1, "first": str(now), "tok": "", "resp": '{"id":"em_1","status":200}'})
+        await client.hset(ledger.record_key("flight"), mapping={
+            "st": "in_flight", "job": "j2", "fp": F1, "body": P1, "first": str(now - 5000), "tok": "old",
+            "lease": str(now - 1000)})
+        await client.hset(ledger.record_key("fatal"), mapping={
+            "st": "fatal", "job": "j3", "fp": F1, "first": str(now), "tok": "", "code": "X", "msg": "no"})
+        assert await ledger.claim(key="done", job_id="j1", payload=b"{}", fingerprint="other", token="t",
+                                  lease=30) == Done({"id": "em_1", "status": 200}, F1)
+        resumed = await ledger.claim(key="flight", job_id="j2", payload=b"{}", fingerprint="other", token="t",
+                                     lease=30)
+        assert isinstance(resumed, Claimed) and not resumed.fresh and resumed.payload == P1
+        assert resumed.fingerprint == F1 and 4 < resumed.age < 60
+        assert await ledger.complete(key="flight", token="t", response={"id": "em_2"}) == "ok"
+        record = await ledger.get("flight")
+        assert record is not None and record.state == "done" and record.job_id == "j2"
+        assert record.response == {"id": "em_2"}
+        assert await client.type(ledger.record_key("flight")) in (b"string", "string")
+        fatal = await ledger.get("fatal")
+        assert fatal is not None and fatal.state == "fatal" and fatal.code == "X" and fatal.message == "no"
+        assert await ledger.clear("fatal")
+    finally:
+        await ledger.aclose()
+
+
+async def test_a_foreign_value_at_a_record_key_fails_that_call_alone(redis_url: str) -> None:
+    """Another program's string at a ledger key is a store failure for its own calls;
+    the other calls of the same batch go on."""
+    ledger = RedisLedger.from_url(redis_url, prefix=uuid.uuid4().hex)
+    try:
+        await ledger.client.set(ledger.record_key("odd"), b"not a record")
+        results = await asyncio.gather(
+            ledger.claim(key="odd", job_id="j", payload=P1, fingerprint=F1, token="t", lease=30),
+            ledger.complete(key="odd", token="t", response={"id": "x"}),
+            ledger.claim(key="fine", job_id="j2", payload=P1, fingerprint=F1, token="t", lease=30),
+            return_exceptions=True,
+        )
+        assert isinstance(results[0], LedgerUnavailableError) and "malformed" in str(results[0])
+        assert results[1] == "superseded"  # not this token's in-flight record: left as it is
+        assert isinstance(results[2], Claimed) and results[2].fresh
+        assert await ledger.client.get(ledger.record_key("odd")) == b"not a record"
+        with pytest.raises(LedgerUnavailableError, match="malformed"):
+            await ledger.get("odd")
     finally:
         await ledger.aclose()
 
@@ -248,6 +311,26 @@ async def test_start_warns_when_neither_config_nor_info_answers(caplog: pytest.L
     [warning] = [r.getMessage() for r in caplog.records if r.name == LEDGER_LOG]
     assert "could not check Redis" in warning and "CONFIG GET" in warning and "INFO" in warning
     assert "noeviction" in warning and "appendonly" in warning
+
+
+async def test_start_reads_the_server_version_and_refuses_one_older_than_7() -> None:
+    """The scripts use SET ... NX GET (Redis 7.0): an older server is named with its version
+    in a ConfigError at start, not left to fail every claim with "syntax error". No Redis 6
+    runs here, so the judgement is checked on the facts start() read (the version read is
+    checked against this machine's real server)."""
+    from idemsend.ledger._redis import _ServerFacts
+
+    with RedisServer() as server:
+        ledger = RedisLedger.from_url(server.url)
+        try:
+            [facts] = [await ledger._facts(node, name) for node, name in await ledger._servers()]
+            assert facts.version is not None and facts.version.split(".")[0].isdigit()
+            ledger._judge([facts])  # this machine's Redis (7.x) is accepted
+            old = _ServerFacts("10.0.0.5:6379", policy="noeviction", persisted=True, version="6.2.14")
+            with pytest.raises(ConfigError, match=r"Redis 7\.0 or newer.*10\.0\.0\.5:6379 runs Redis 6\.2\.14"):
+                ledger._judge([facts, old])
+        finally:
+            await ledger.aclose()
 
 
 async def test_start_on_an_unreachable_redis_raises_ledger_unavailable() -> None:

@@ -1,20 +1,23 @@
 """RedisLedger: one ledger for many worker processes and machines (extra ``redis``).
 
-Every transition is a Lua script over **one** key, so each runs atomically on one
+Every transition is a Lua function over **one** key, so each runs atomically on one
 slot and works unchanged on Redis Cluster. Scripts read Redis's own clock (``TIME``),
-so leases and the age of an unfinished send mean the same on every machine. Records:
+so leases and the age of an unfinished send mean the same on every machine. Keys:
 
-* ``{prefix}:rec:{<key>}``: a hash ``st`` (in_flight|done|fatal), ``job``, ``fp``,
-  ``body`` (frozen bytes, dropped once done or fatal), ``first`` (ms), ``tok``,
-  ``lease`` (ms), ``resp`` (JSON), ``code``, ``msg``; it expires ``retention`` after it
-  was claimed, completed or failed.
+* ``{prefix}:rec:{<key>}``: the record, one packed string (see "the record" below):
+  in flight (token, job id, fingerprint, the frozen body, first-sent time, lease), done
+  (job id, fingerprint, first-sent time, the recorded response) or fatal (job id,
+  fingerprint, first-sent time, code, message). It expires ``retention`` after it was
+  claimed, completed or failed. Records an earlier version wrote as hashes are read.
 * ``{prefix}:job:{<job id>}``: the key the job's first attempt derived.
 
-Cost: a claim is one script (on Cluster two, job map and record, in one pipeline) and
-a completion is one, so the happy path is two round trips. Calls made in the same event-loop turn
-by many coroutines are flushed together (``GroupCommit``, ledger/_group.py): on plain
-Redis a batch is one EVALSHA of a script that runs every operation, on Cluster one
-pipeline; so a hundred concurrent sends cost two round trips, not two hundred.
+Cost per send, the happy path: two round trips (claim, complete), and in Redis four
+commands inside the script (job map SET NX GET, record SET NX GET; record GET, SET).
+Calls made in the same event-loop turn by many coroutines are flushed together
+(``GroupCommit``, ledger/_group.py): on plain Redis a batch is one EVALSHA of a script
+that runs every operation, on Cluster one pipeline (one EVALSHA per operation, the job
+map a plain SET NX GET); so a hundred concurrent sends cost two round trips, not two
+hundred.
 
 The ledger relies on Redis keeping what it was told: ``start()`` refuses a server that
 evicts keys (``maxmemory-policy`` other than ``noeviction``) and warns about one that
@@ -28,6 +31,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,144 +96,318 @@ class _HiredisPackConnection(aioredis.Connection):
         return [hiredis.pack_command(args)]
 
 
-_NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-_FMT = "local function n(x) return string.format('%.0f', x) end\n"
+# -- the record ----------------------------------------------------------------------------
+#
+# A record is one string: a tag byte, then its fields, each string field preceded by its
+# length as a 4-byte big-endian integer ("L"), times as 8-byte doubles (Unix milliseconds
+# on Redis's clock):
+#
+#   in flight  'F' L tok  L job  L fp  body  lease first    (lease: when it ends, less first)
+#   done       'D' L job  L fp   first  response (JSON, to the end)
+#   fatal      'X' L job  L fp   first  L code  message (to the end)
+#
+# Why a string: a hash holding a body over 64 bytes is a hash table of seven entries, where
+# a string is one allocation; and a claim can make the record or read the one there in one
+# command (SET NX GET). Why this order: the client packs 'F' L tok L job L fp body lease
+# itself, so a claim's script only appends the first-sent time; a settlement checks
+# ownership by comparing the record's first bytes with 'F' L tok (the client sends them); a
+# completion cuts job and fingerprint out of the record as they are. So the hot path
+# (claim, complete) does four commands and almost no Lua string work. A done record keeps
+# what a replay needs (job id, fingerprint, first-sent time, the recorded response), not
+# the frozen body. Records an earlier version wrote as hashes are read as they are
+# (``legacy``) and rewritten in this form the next time they change.
 
-_JOB = """
-local cur = redis.call('GET', KEYS[1])
-if not cur then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return ARGV[1]
+_HELPERS = """
+local spack, sunpack, sbyte, ssub, sfind = struct.pack, struct.unpack, string.byte, string.sub, string.find
+local OK, RECREATED, MISSING, SUPERSEDED = 1, 2, 3, 4
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-return cur
+
+local function packF(tok, job, fp, body, first, lease)
+  return 'F' .. spack('>I4c0I4c0I4c0', #tok, tok, #job, job, #fp, fp) .. body .. spack('>dd', lease - first, first)
+end
+
+local function packD(job, fp, first, resp)
+  return 'D' .. spack('>I4c0I4c0d', #job, job, #fp, fp, first) .. resp
+end
+
+local function packX(job, fp, first, code, msg)
+  return 'X' .. spack('>I4c0I4c0dI4c0', #job, job, #fp, fp, first, #code, code) .. msg
+end
+
+-- in flight: tok, job, fp, body, first, lease (until)
+local function readF(v)
+  local tok, job, fp, pos = sunpack('>I4c0I4c0I4c0', v, 2)
+  local lease, first = sunpack('>dd', v, #v - 15)
+  return tok, job, fp, ssub(v, pos, -17), first, first + lease
+end
+
+-- done: job, fp, first, response; fatal: job, fp, first, code, message
+local function readD(v)
+  local job, fp, first, pos = sunpack('>I4c0I4c0d', v, 2)
+  return job, fp, first, ssub(v, pos)
+end
+
+local function readX(v)
+  local job, fp, first, code, pos = sunpack('>I4c0I4c0dI4c0', v, 2)
+  return job, fp, first, code, ssub(v, pos)
+end
+
+local function wellformed(v)
+  local tag = sbyte(v)
+  if tag == 70 then return pcall(readF, v) end
+  if tag == 68 then return pcall(readD, v) end
+  if tag == 88 then return pcall(readX, v) end
+  return false
+end
+
+-- A record an earlier version wrote as a hash, in today's form (nothing is written);
+-- false when the hash is not a record.
+local function legacy(k)
+  local r = redis.call('HMGET', k, 'st', 'job', 'fp', 'first', 'tok', 'lease', 'body', 'resp', 'code', 'msg')
+  local first, job, fp = tonumber(r[4]) or 0, r[2] or '', r[3] or ''
+  if r[1] == 'in_flight' then return packF(r[5] or '', job, fp, r[7] or '', first, tonumber(r[6]) or first) end
+  if r[1] == 'done' then return packD(job, fp, first, r[8] or '') end
+  if r[1] == 'fatal' then return packX(job, fp, first, r[9] or '', r[10] or '') end
+  return false
+end
+
+-- The record at k: its string; false when there is none; nil and a reason when what is
+-- there is not a record.
+local function load(k)
+  local v = redis.pcall('GET', k)
+  if type(v) == 'table' then
+    if v.err and sfind(v.err, 'WRONGTYPE', 1, true) and redis.call('TYPE', k)['ok'] == 'hash' then
+      v = legacy(k)
+      if not v then return nil, 'a hash that is not a ledger record' end
+      return v
+    end
+    return nil, v.err or 'unreadable'
+  end
+  if v and not wellformed(v) then return nil, 'a string that is not a ledger record' end
+  return v
+end
+
+-- The part of an in-flight record after 'F' L tok up to the end of the fingerprint, from
+-- position p: what a done or fatal record keeps of it.
+local function jobfp(v, p)
+  local lj = sunpack('>I4', v, p)
+  local lf = sunpack('>I4', v, p + 4 + lj)
+  return ssub(v, p, p + 7 + lj + lf)
+end
 """
 
-# A record recreated by _COMPLETE after the store lost it has job '' and fp '' (unknown):
-# it answers every claim of its key with 'done', never with 'conflict'.
-_CLAIM_BODY = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'st', 'in_flight', 'job', ARGV[2], 'fp', ARGV[3], 'body', ARGV[4],
-             'first', n(now), 'tok', ARGV[1], 'lease', n(now + tonumber(ARGV[5])))
-  redis.call('PEXPIRE', KEYS[1], ARGV[6])
-  return {'claimed', '1', ARGV[4], ARGV[3], n(now), '0'}
-end
-local r = redis.call('HMGET', KEYS[1], 'st', 'job', 'fp', 'tok', 'lease', 'body', 'first', 'resp', 'code', 'msg')
-local fp = r[3] or ''
-if fp ~= '' and r[2] ~= ARGV[2] and fp ~= ARGV[3] then return {'conflict', fp} end
-if r[1] == 'done' then return {'done', r[8], fp} end
-if r[1] == 'fatal' then return {'fatal', r[9], r[10]} end
-if r[4] and r[4] ~= '' and r[4] ~= ARGV[1] and tonumber(r[5]) > now then
-  return {'busy', n(tonumber(r[5]) - now)}
-end
-redis.call('HSET', KEYS[1], 'tok', ARGV[1], 'lease', n(now + tonumber(ARGV[5])))
-local first = tonumber(r[7]) or now
-local age = now - first
-if age < 0 then age = 0 end
-return {'claimed', '0', r[6], fp, n(first), n(age)}
-"""
-_CLAIM = _NOW + _FMT + _CLAIM_BODY
+# Every operation is a function (clock, retention, key1, key2, args...) answering one reply;
+# clock() is Redis's time in milliseconds.
+_OPS: dict[str, tuple[int, int, str]] = {}  # name -> (keys, args, Lua function)
 
-# Plain Redis: the job map (KEYS[2]) is checked in the same script, one command a claim.
-# Cluster: the two keys live in different slots, so _JOB and _CLAIM go separately.
-_CLAIM_WITH_JOB = _NOW + _FMT + """
-local cur = redis.call('GET', KEYS[2])
-if cur and cur ~= ARGV[7] then return {'unstable', cur} end
-if not cur then redis.call('SET', KEYS[2], ARGV[7], 'PX', ARGV[6]) end
-""" + _CLAIM_BODY
 
-# Settling needs the record in flight under this token: 'missing' when there is no
-# record at all (lost to a restart, an eviction or retention), 'superseded' when it is
-# someone else's or already done/fatal. Neither writes anything.
+def _op(name: str, keys: int, args: int, body: str) -> None:
+    _OPS[name] = (keys, args, body)
+
+
+_op("job", 1, 1, """function(clock, ret, k, _, key)
+  local cur = redis.call('SET', k, key, 'NX', 'GET', 'PX', ret)
+  if cur then return cur end
+  return key
+end""")
+
+# A claim: the job map (plain Redis: in the same call; Cluster: the "job" operation beside
+# it), then one SET NX GET that makes the record (answering its first-sent time, a number)
+# or answers the one there. `blob` is 'F' L tok L job L fp body lease, packed by the client. A
+# record recreated by complete after the store lost it has job '' and fp '' (unknown): it
+# answers every claim of its key with 'done', never with 'conflict'.
+_CLAIM = """function(clock, ret, rec, jk, blob, key)
+  if jk then
+    local cur = redis.call('SET', jk, key, 'NX', 'GET', 'PX', ret)
+    if cur and cur ~= key then return {'unstable', cur} end
+  end
+  local now = clock()
+  local old = redis.pcall('SET', rec, blob .. spack('>d', now), 'NX', 'GET', 'PX', ret)
+  if not old then return now end
+  local why
+  if type(old) == 'table' then old, why = load(rec) elseif not wellformed(old) then old = nil end
+  if not old then return {'malformed', why or 'a string that is not a ledger record'} end
+  local tok, job, fp = sunpack('>I4c0I4c0I4c0', blob, 2)
+  local tag = sbyte(old)
+  if tag == 70 then
+    local otok, ojob, ofp, frozen, first, held = readF(old)
+    if ofp ~= '' and ojob ~= job and ofp ~= fp then return {'conflict', ofp} end
+    if otok ~= '' and otok ~= tok and held > now then return {'busy', held - now} end
+    redis.call('SET', rec, packF(tok, ojob, ofp, frozen, first, now + sunpack('>d', blob, #blob - 7)), 'KEEPTTL')
+    local age = now - first
+    if age < 0 then age = 0 end
+    return {'claimed', first, frozen, ofp, age}
+  end
+  if tag == 68 then
+    local ojob, ofp, first, resp = readD(old)
+    if ofp ~= '' and ojob ~= job and ofp ~= fp then return {'conflict', ofp} end
+    return {'done', resp, ofp}
+  end
+  local ojob, ofp, first, code, msg = readX(old)
+  if ofp ~= '' and ojob ~= job and ofp ~= fp then return {'conflict', ofp} end
+  return {'fatal', code, msg}
+end"""
+_op("claim", 1, 2, _CLAIM)  # Cluster: jk is false, the job map is the "job" operation
+_op("claim_with_job", 2, 2, _CLAIM)
+
+# Settling needs the record in flight under this token, which is so when the record
+# starts with `own` ('F' L tok, sent by the client): MISSING when there is no record at
+# all (lost to a restart, an eviction or retention), SUPERSEDED when it is someone else's
+# or already done/fatal. Neither writes anything. A missing record is written anew as
+# done by complete (RECREATED): the send happened, and only a done record stops a replay
+# after the provider's window from sending again.
 _OWNED = """
-local owned = redis.call('HMGET', KEYS[1], 'st', 'tok')
-if not owned[1] then return 'missing' end
-if owned[1] ~= 'in_flight' or owned[2] ~= ARGV[1] then return 'superseded' end
+  local v = redis.pcall('GET', k)
+  if type(v) == 'table' then
+    local why
+    v, why = load(k)
+    if v == nil then return {err = 'malformed ledger record: ' .. why} end
+  end
+  if not v then WHEN_MISSING end
+  if ssub(v, 1, #own) ~= own then return SUPERSEDED end
 """
 
-# A missing record is written anew as done: the send happened, and only a done record
-# stops a replay after the provider's window from sending again.
-_COMPLETE = _NOW + _FMT + """
-local owned = redis.call('HMGET', KEYS[1], 'st', 'tok')
-if not owned[1] then
-  redis.call('HSET', KEYS[1], 'st', 'done', 'resp', ARGV[2], 'job', '', 'fp', '', 'first', n(now), 'tok', '')
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  return 'recreated'
+
+def _settle(args: str, when_missing: str, then: str) -> str:
+    return f"function(clock, ret, k, _, own, {args})" + _OWNED.replace("WHEN_MISSING", when_missing) + then + "\nend"
+
+
+_op("complete", 1, 2, _settle(
+    "resp", "redis.call('SET', k, packD('', '', clock(), resp), 'PX', ret) return RECREATED", """
+  redis.call('SET', k, 'D' .. jobfp(v, #own + 1) .. ssub(v, -8) .. resp, 'PX', ret)
+  return OK"""))
+
+_op("fail", 1, 3, _settle("code, msg", "return MISSING", """
+  redis.call('SET', k, 'X' .. jobfp(v, #own + 1) .. ssub(v, -8) .. spack('>I4c0', #code, code) .. msg,
+             'PX', ret)
+  return OK"""))
+
+_op("renew", 1, 2, _settle("lease", "return MISSING", """
+  local first = sunpack('>d', v, #v - 7)
+  redis.call('SET', k, ssub(v, 1, -17) .. spack('>dd', clock() + tonumber(lease) - first, first), 'KEEPTTL')
+  return OK"""))
+
+# forget == '1': the claim was fresh and nothing can have been sent, so the record goes.
+# Otherwise the record (frozen body, first-sent time) stays, unleased (token '').
+_op("release", 1, 2, _settle("forget", "return MISSING", """
+  if forget == '1' then redis.call('DEL', k) return OK end
+  redis.call('SET', k, 'F' .. spack('>I4', 0) .. ssub(v, #own + 1, -17) .. spack('>d', 0) .. ssub(v, -8), 'KEEPTTL')
+  return OK"""))
+
+# Only a fatal record is ever cleared: a done one stops a double send, an in-flight one may
+# be mid-send. force == '1' clears any fatal code; otherwise not those in `unsafe`
+# (UNSAFE_TO_CLEAR, comma-separated).
+_op("clear", 1, 2, """function(clock, ret, k, _, force, unsafe)
+  local v = load(k)
+  if not v or sbyte(v) ~= 88 then return 0 end
+  local job, fp, first, code = readX(v)
+  if force ~= '1' and sfind(',' .. unsafe .. ',', ',' .. code .. ',', 1, true) then return 0 end
+  redis.call('DEL', k)
+  return 1
+end""")
+
+# get: {state, first, job, fp, response, code, message, lease}; {} when there is none.
+_op("get", 1, 0, """function(clock, ret, k)
+  local v, why = load(k)
+  if v == nil then return {'malformed', why} end
+  if not v then return {} end
+  local tag = sbyte(v)
+  if tag == 70 then
+    local tok, job, fp, body, first, lease = readF(v)
+    return {'in_flight', first, job, fp, false, false, false, lease}
+  end
+  if tag == 68 then
+    local job, fp, first, resp = readD(v)
+    return {'done', first, job, fp, resp, false, false, false}
+  end
+  local job, fp, first, code, msg = readX(v)
+  return {'fatal', first, job, fp, false, code, msg, false}
+end""")
+
+# Tests only: move a record's first-sent time `ms` back (and end its lease when
+# expire == '1'), as if the first claim had been made that long ago.
+_op("backdate", 1, 2, """function(clock, ret, k, _, ms, expire)
+  local v = load(k)
+  if not v then return 0 end
+  local tag = sbyte(v)
+  if tag == 70 then
+    local tok, job, fp, body, first, lease = readF(v)
+    first = first - tonumber(ms)
+    if expire == '1' then lease = first end
+    v = packF(tok, job, fp, body, first, lease)
+  elseif tag == 68 then
+    local job, fp, first, resp = readD(v)
+    v = packD(job, fp, first - tonumber(ms), resp)
+  else
+    local job, fp, first, code, msg = readX(v)
+    v = packX(job, fp, first - tonumber(ms), code, msg)
+  end
+  redis.call('SET', k, v, 'KEEPTTL')
+  return 1
+end""")
+
+# The one script: ARGV[1] is the retention (ms), ARGV[2] the plan (a letter per operation:
+# its place in _OPS, 'a' first), then every operation's arguments in order; KEYS holds
+# every operation's keys in order. Redis's clock is
+# read once per call. On plain Redis a whole GroupCommit batch is one EVALSHA of it (one
+# command and one reply: redis-py's per-command packing and parsing was most of the
+# ledger's CPU per send); on Cluster each operation is one EVALSHA of it, pipelined.
+_SCRIPT = _HELPERS + "local OPS = {\n" + "".join(
+    f"  [{96 + i}] = {{{keys}, {args}, {body}}},\n" for i, (keys, args, body) in enumerate(_OPS.values(), 1)
+) + """}
+-- Redis's clock, read once per call and only by the operations that need it
+local now
+local function clock()
+  if not now then now = now_ms() end
+  return now
 end
-if owned[1] ~= 'in_flight' or owned[2] ~= ARGV[1] then return 'superseded' end
-redis.call('HSET', KEYS[1], 'st', 'done', 'resp', ARGV[2], 'tok', '')
-redis.call('HDEL', KEYS[1], 'body', 'lease')
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 'ok'
-"""
-
-_FAIL = _OWNED + """
-redis.call('HSET', KEYS[1], 'st', 'fatal', 'code', ARGV[2], 'msg', ARGV[3], 'tok', '')
-redis.call('HDEL', KEYS[1], 'body', 'lease')
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return 'ok'
-"""
-
-_RENEW = _NOW + _FMT + _OWNED + """
-redis.call('HSET', KEYS[1], 'lease', n(now + tonumber(ARGV[2])))
-return 'ok'
-"""
-
-# ARGV[2] == '1' (forget): the claim was fresh and nothing can have been sent, so the
-# record goes. Otherwise the record (frozen body, first-sent time) stays, unleased.
-_RELEASE = _OWNED + """
-if ARGV[2] == '1' then redis.call('DEL', KEYS[1]) return 'ok' end
-redis.call('HSET', KEYS[1], 'tok', '', 'lease', '0')
-return 'ok'
-"""
-
-# Only a fatal record is ever cleared: a done one stops a double send, an in-flight one
-# may be mid-send.
-# ARGV[1] == '1': force; ARGV[2..]: the codes cleared only with force (UNSAFE_TO_CLEAR)
-_CLEAR = """
-local r = redis.call('HMGET', KEYS[1], 'st', 'code')
-if r[1] ~= 'fatal' then return 0 end
-if ARGV[1] ~= '1' then
-  for i = 2, #ARGV do if r[2] == ARGV[i] then return 0 end end
-end
-redis.call('DEL', KEYS[1])
-return 1
-"""
-
-
-class _Script:
-    __slots__ = ("name", "sha", "text")
-
-    def __init__(self, name: str, text: str) -> None:
-        self.name = name
-        self.text = text
-        self.sha = hashlib.sha1(text.encode()).hexdigest()
-
-
-_OPS = (
-    ("job", _JOB), ("claim", _CLAIM), ("claim_with_job", _CLAIM_WITH_JOB), ("complete", _COMPLETE),
-    ("fail", _FAIL), ("renew", _RENEW), ("release", _RELEASE), ("clear", _CLEAR),
-)
-
-# Plain Redis: a whole batch is one EVALSHA of this script, which runs each operation
-# above as a function. One command and one reply per batch instead of one per operation:
-# redis-py's per-command packing and parsing was most of the ledger's CPU per send.
-# ARGV: count, then per operation: name, number of keys, number of args, args...
-_BATCH = "local ops = {}\n" + "".join(
-    f"ops['{name}'] = function(KEYS, ARGV)\n{text}\nend\n" for name, text in _OPS
-) + """
-local out, ki, ai = {}, 1, 2
-for i = 1, tonumber(ARGV[1]) do
-  local name, nk, na = ARGV[ai], tonumber(ARGV[ai + 1]), tonumber(ARGV[ai + 2])
-  ai = ai + 3
-  local k, a = {}, {}
-  for j = 1, nk do k[j] = KEYS[ki]; ki = ki + 1 end
-  for j = 1, na do a[j] = ARGV[ai]; ai = ai + 1 end
-  out[i] = ops[name](k, a)
+local ret, plan, out = ARGV[1], ARGV[2], {}
+local ki, ai = 1, 3
+for i = 1, #plan do
+  local op = OPS[sbyte(plan, i)]
+  local nk, na = op[1], op[2]
+  local k2 = false
+  if nk == 2 then k2 = KEYS[ki + 1] end
+  out[i] = op[3](clock, ret, KEYS[ki], k2, unpack(ARGV, ai, ai + na - 1))
+  ki, ai = ki + nk, ai + na
 end
 return out
 """
+_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
+_CODES = {name: chr(96 + i) for i, name in enumerate(_OPS, 1)}
+_JOB = _CODES["job"]
+_UNSAFE = ",".join(sorted(UNSAFE_TO_CLEAR))
+_L = struct.Struct(">I").pack
+_D = struct.Struct(">d").pack
 
-_SCRIPTS = {name: _Script(name, text) for name, text in (*_OPS, ("batch", _BATCH))}
+
+# The C encoder json.dumps itself uses, called straight: json.dumps(x, separators=...) makes
+# a JSONEncoder and its encoder for every call (None without the C speedups).
+_c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+_ascii: Any = json.encoder.encode_basestring_ascii
+
+
+def _json(value: Any) -> str:
+    """``json.dumps(value, separators=(",", ":"))``, the same text and errors (TypeError for
+    what is not JSON, ValueError for a circular structure), for half the CPU."""
+    if _c_make_encoder is None:  # pragma: no cover
+        return json.dumps(value, separators=(",", ":"))
+    encode = _c_make_encoder({}, _not_json, _ascii, None, ":", ",", False, False, True)
+    return "".join(encode(value, 0))
+
+
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _own(token: str) -> bytes:
+    """The first bytes of an in-flight record held by ``token``: 'F' L tok."""
+    tok = token.encode()
+    return b"F" + _L(len(tok)) + tok
 
 
 def _s(value: Any) -> str:
@@ -240,26 +418,26 @@ def _b(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
 
-#: One script call: the script, its keys, its arguments.
-_Op = tuple[_Script, tuple[str, ...], tuple[Any, ...]]
+#: One operation: its code, its keys, its arguments.
+_Op = tuple[str, tuple[str, ...], tuple[Any, ...]]
 
 
 class _Executor:
-    """Runs one GroupCommit batch of script calls: on plain Redis one EVALSHA of
-    ``_BATCH`` (one command, one reply), on Cluster one pipeline of EVALSHAs (redis-py
-    sends it to each node concerned). A server that lost its scripts (restarted, new,
-    SCRIPT FLUSH) answers NOSCRIPT: the scripts are loaded and those calls run again."""
+    """Runs one GroupCommit batch of operations: on plain Redis one EVALSHA of the script
+    (one command, one reply), on Cluster one pipeline of EVALSHAs, one per operation
+    (redis-py sends each to its key's node). A server that lost the script (restarted, new,
+    SCRIPT FLUSH) answers NOSCRIPT: the script is loaded and those calls run again."""
 
-    def __init__(self, client: Any, *, one_call: bool) -> None:
+    def __init__(self, client: Any, *, one_call: bool, retention_ms: str) -> None:
         self.client = client
         self.one_call = one_call
+        self.retention_ms = retention_ms
 
     async def __call__(self, ops: Sequence[_Op]) -> list[Any]:
         results = await self._execute(ops)
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if missing:
-            for script in _SCRIPTS.values():
-                await self.client.script_load(script.text)
+            await self.client.script_load(_SCRIPT)
             again = await self._execute([ops[i] for i in missing])
             for i, r in zip(missing, again, strict=True):
                 results[i] = r
@@ -267,25 +445,35 @@ class _Executor:
 
     async def _execute(self, ops: Sequence[_Op]) -> list[Any]:
         if self.one_call:
-            batch_keys: list[Any] = []
-            argv: list[Any] = [len(ops)]
-            for script, keys, args in ops:
-                batch_keys.extend(keys)
-                argv.extend((script.name, len(keys), len(args)))
-                argv.extend(args)
+            keys: list[Any] = []
+            argv: list[Any] = []
+            for _, op_keys, args in ops:
+                keys += op_keys
+                argv += args
+            plan = "".join([op[0] for op in ops])
             try:
                 reply = await self.client.execute_command(
-                    "EVALSHA", _SCRIPTS["batch"].sha, len(batch_keys), *batch_keys, *argv
+                    "EVALSHA", _SHA, len(keys), *keys, self.retention_ms, plan, *argv
                 )
             except NoScriptError as exc:
                 return [exc] * len(ops)
             return list(reply)
         pipe = self.client.pipeline(transaction=False)
-        for script, keys, args in ops:
+        for code, op_keys, args in ops:
+            if code == _JOB:  # the job map needs no script: SET NX GET answers the key noted first
+                # get=True: redis-py's SET callback passes the old value through as it is
+                pipe.execute_command("SET", op_keys[0], args[0], "NX", "GET", "PX", self.retention_ms, get=True)
+                continue
             # execute_command, not evalsha(): redis-py 5 blocks the evalsha method on
             # cluster pipelines, though one-slot scripts route to one node just fine.
-            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        return list(await pipe.execute(raise_on_error=False))
+            pipe.execute_command("EVALSHA", _SHA, len(op_keys), *op_keys, self.retention_ms, code, *args)
+        # a script answers a list of one reply (or failed as a whole: an exception); the job
+        # map answers the key noted before, or None when this one was noted now
+        replies = await pipe.execute(raise_on_error=False)
+        return [
+            (args[0] if r is None else r) if code == _JOB else r[0] if isinstance(r, list) else r
+            for (code, _, args), r in zip(ops, replies, strict=True)
+        ]
 
 
 def _unavailable(exc: BaseException) -> LedgerUnavailableError:
@@ -294,16 +482,23 @@ def _unavailable(exc: BaseException) -> LedgerUnavailableError:
 
 _STATES: dict[str, RecordState] = {"in_flight": "in_flight", "done": "done", "fatal": "fatal"}
 
-_ANSWERS: dict[str, SettleResult] = {
-    "ok": "ok", "recreated": "recreated", "missing": "missing", "superseded": "superseded",
-}
+_ANSWERS: dict[Any, SettleResult] = {1: "ok", 2: "recreated", 3: "missing", 4: "superseded"}
 
 
 def _answer(reply: Any) -> SettleResult:
-    answer = _ANSWERS.get(_s(reply))
+    answer = _ANSWERS.get(reply)
     if answer is None:
         raise LedgerUnavailableError(f"unexpected ledger reply {reply!r}")
     return answer
+
+
+#: The oldest Redis the ledger's scripts run on (SET ... NX GET arrived in 7.0).
+MIN_REDIS = (7, 0)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """``"7.0.15"`` -> ``(7, 0, 15)``; parts that are not numbers count as 0."""
+    return tuple(int(part) if part.isdigit() else 0 for part in text.split(".")[:3])
 
 
 @dataclass(slots=True)
@@ -316,6 +511,7 @@ class _ServerFacts:
     maxmemory: str | None = None
     persisted: bool | None = None
     persistence: str = ""  # the settings as read, for the message
+    version: str | None = None  # redis_version from INFO server; None when it did not answer
     errors: list[str] = field(default_factory=list)
 
 
@@ -343,7 +539,8 @@ class RedisLedger:
         self._retention_ms = str(int(retention * 1000))
         self._cluster = isinstance(client, RedisCluster)
         self._group: GroupCommit[_Op, Any] = GroupCommit(
-            _Executor(client, one_call=not self._cluster), on_batch=on_batch, error=_unavailable
+            _Executor(client, one_call=not self._cluster, retention_ms=self._retention_ms), on_batch=on_batch,
+            error=_unavailable,
         )
         self._owns_client = False
         self._checked = False
@@ -372,15 +569,15 @@ class RedisLedger:
         return f"<RedisLedger prefix={self.prefix!r} retention={self.retention:g}s>"
 
     def record_key(self, key: str) -> str:
-        """The Redis key of ``key``'s record (a hash)."""
+        """The Redis key of ``key``'s record (one packed string; see the module docstring)."""
         return f"{self.prefix}:rec:{{{key}}}"
 
     def job_key(self, job_id: str) -> str:
         """The Redis key noting which key ``job_id`` was first claimed with."""
         return f"{self.prefix}:job:{{{job_id}}}"
 
-    def _call(self, script: str, keys: str | tuple[str, ...], *args: Any) -> asyncio.Future[Any]:
-        return self._group.submit((_SCRIPTS[script], keys if isinstance(keys, tuple) else (keys,), args))
+    def _call(self, op: str, keys: tuple[str, ...], *args: Any) -> asyncio.Future[Any]:
+        return self._group.submit((_CODES[op], keys, args))
 
     # -- start: is this Redis fit to be a ledger? --------------------------------------
 
@@ -394,6 +591,9 @@ class RedisLedger:
         * no persistence (``appendonly no`` and no RDB ``save`` points; from ``INFO
           persistence`` when CONFIG is unavailable): a WARNING.
         * neither CONFIG nor INFO answers (a managed or locked-down server): a WARNING.
+        * Redis older than 7.0 (``INFO server``): raises ``ConfigError`` (the scripts use
+          ``SET ... NX GET``; on an older server every claim would fail, so nothing would be
+          sent, but the error would only say "syntax error").
         * the server cannot be reached: ``LedgerUnavailableError``; nothing was checked and
           ``start`` can be called again.
         """
@@ -428,6 +628,12 @@ class RedisLedger:
 
     async def _facts(self, node: Any, name: str) -> _ServerFacts:
         facts = _ServerFacts(name)
+        try:
+            server = await self._ask(node, "info", "server")
+            facts.version = str(server["redis_version"]) if "redis_version" in server else None
+        except ResponseError as exc:
+            _reraise_store_failure(exc)
+            facts.errors.append(f"INFO server: {exc}")
         try:
             config: dict[str, Any] = {}
             for setting in ("maxmemory-policy", "maxmemory", "appendonly", "save"):
@@ -476,6 +682,12 @@ class RedisLedger:
         return facts
 
     def _judge(self, facts: list[_ServerFacts]) -> None:
+        old = [f for f in facts if f.version is not None and _version(f.version) < MIN_REDIS]
+        if old:
+            raise ConfigError(
+                "RedisLedger needs Redis 7.0 or newer (its scripts use SET with both NX and GET): "
+                + "; ".join(f"{f.node} runs Redis {f.version}" for f in old)
+            )
         evicting = [f for f in facts if f.policy is not None and f.policy != "noeviction"]
         if evicting:
             where = "; ".join(
@@ -521,87 +733,93 @@ class RedisLedger:
     async def claim(
         self, *, key: str, job_id: str, payload: bytes, fingerprint: str, token: str, lease: float
     ) -> ClaimResult:
-        """See ``Ledger.claim``. One script (plain Redis) or two in one batch (Cluster)."""
-        rec = self.record_key(key)
-        args = (token, job_id, fingerprint, payload, str(int(lease * 1000)), self._retention_ms)
+        """See ``Ledger.claim``. One operation (plain Redis) or two in one batch (Cluster)."""
+        rec = f"{self.prefix}:rec:{{{key}}}"
+        job, fp = job_id.encode(), fingerprint.encode()
+        blob = b"".join((_own(token), _L(len(job)), job, _L(len(fp)), fp, payload, _D(lease * 1000.0)))
         if not self._cluster:
-            reply = await self._call("claim_with_job", (rec, self.job_key(job_id)), *args, key)
+            reply = await self._call("claim_with_job", (rec, f"{self.prefix}:job:{{{job_id}}}"), blob, key)
+            if type(reply) is int:  # a new record: this claim's own body and fingerprint
+                return Claimed(True, payload, fingerprint, reply / 1000, 0.0)
             kind = _s(reply[0])
             if kind == "unstable":
                 return Unstable(_s(reply[1]))
         else:
-            job_call = self._call("job", self.job_key(job_id), key, self._retention_ms)
-            recorded, reply = await asyncio.gather(job_call, self._call("claim", rec, *args))
-            kind = _s(reply[0])
+            job_call = self._call("job", (self.job_key(job_id),), key)
+            recorded, reply = await asyncio.gather(job_call, self._call("claim", (rec,), blob))
+            kind = "claimed" if type(reply) is int else _s(reply[0])
             if _s(recorded) != key:
                 if kind == "claimed":  # give back what this claim took (forget it if fresh)
-                    await self._call("release", rec, token, _s(reply[1]))
+                    await self._call("release", (rec,), _own(token), "1" if type(reply) is int else "0")
                 return Unstable(_s(recorded))
+            if type(reply) is int:
+                return Claimed(True, payload, fingerprint, reply / 1000, 0.0)
         try:
             if kind == "claimed":
-                return Claimed(
-                    _s(reply[1]) == "1", _b(reply[2]), _s(reply[3]), int(_s(reply[4])) / 1000,
-                    int(_s(reply[5])) / 1000,
-                )
+                return Claimed(False, _b(reply[2]), _s(reply[3]), reply[1] / 1000, reply[4] / 1000)
             if kind == "done":
-                return Done(json.loads(_s(reply[1])), _s(reply[2]))
+                return Done(json.loads(reply[1]), _s(reply[2]))
             if kind == "fatal":
                 return Failed(_s(reply[1]), _s(reply[2]))
             if kind == "busy":
-                return Busy(int(_s(reply[1])) / 1000)
+                return Busy(reply[1] / 1000)
             if kind == "conflict":
                 return Conflict(_s(reply[1]))
+            if kind == "malformed":
+                raise LedgerUnavailableError(f"malformed ledger record for key {key!r}: {_s(reply[1])}")
         except (ValueError, IndexError, TypeError) as exc:
             raise LedgerUnavailableError(f"malformed claim reply {reply!r}: {exc}") from exc
         raise LedgerUnavailableError(f"unexpected claim reply {reply!r}")
 
     async def complete(self, *, key: str, token: str, response: Mapping[str, Any]) -> SettleResult:
         """See ``Ledger.complete``."""
-        body = json.dumps(response, separators=(",", ":"))
-        return _answer(await self._call("complete", self.record_key(key), token, body, self._retention_ms))
+        body = _json(response)
+        return _answer(await self._call("complete", (f"{self.prefix}:rec:{{{key}}}",), _own(token), body))
 
     async def fail(self, *, key: str, token: str, code: str, message: str) -> SettleResult:
         """See ``Ledger.fail``."""
-        return _answer(await self._call("fail", self.record_key(key), token, code, message, self._retention_ms))
+        return _answer(await self._call("fail", (self.record_key(key),), _own(token), code, message))
 
     async def renew(self, *, key: str, token: str, lease: float) -> SettleResult:
         """See ``Ledger.renew``."""
-        return _answer(await self._call("renew", self.record_key(key), token, str(int(lease * 1000))))
+        return _answer(await self._call("renew", (self.record_key(key),), _own(token), int(lease * 1000)))
 
     async def release(self, *, key: str, token: str, forget: bool = False) -> SettleResult:
         """See ``Ledger.release``."""
-        return _answer(await self._call("release", self.record_key(key), token, "1" if forget else "0"))
+        return _answer(await self._call("release", (self.record_key(key),), _own(token), "1" if forget else "0"))
 
     async def clear(self, key: str, *, force: bool = False) -> bool:
         """See ``Ledger.clear``: one script checks the state (and code) and deletes."""
-        return bool(await self._call("clear", self.record_key(key), "1" if force else "0", *sorted(UNSAFE_TO_CLEAR)))
+        return bool(await self._call("clear", (self.record_key(key),), "1" if force else "0", _UNSAFE))
 
     async def get(self, key: str) -> LedgerRecord | None:
-        """See ``Ledger.get``: one HGETALL (outside the batches)."""
-        try:
-            raw = await self.client.hgetall(self.record_key(key))
-        except _STORE_ERRORS as exc:
-            raise LedgerUnavailableError(f"{type(exc).__name__}: {exc}") from exc
-        if not raw:
+        """See ``Ledger.get``: one read-only operation."""
+        reply = await self._call("get", (self.record_key(key),))
+        if not reply:
             return None
-        h = {_s(k): v for k, v in raw.items()}
-        state = _STATES.get(_s(h.get("st", b"")))
         try:
+            state = _STATES.get(_s(reply[0]))
             if state is None:
-                raise ValueError(f"no such state {_s(h.get('st', b''))!r}")
+                raise ValueError(_s(reply[1]) if _s(reply[0]) == "malformed" else f"no such state {_s(reply[0])!r}")
             return LedgerRecord(
                 key=key,
                 state=state,
-                job_id=_s(h.get("job", b"")),
-                fingerprint=_s(h.get("fp", b"")),
-                first_sent_at=int(_s(h.get("first", b"0"))) / 1000,
-                response=json.loads(_s(h["resp"])) if "resp" in h else None,
-                code=_s(h["code"]) if "code" in h else None,
-                message=_s(h["msg"]) if "msg" in h else None,
-                lease_until=int(_s(h["lease"])) / 1000 if state == "in_flight" and "lease" in h else None,
+                job_id=_s(reply[2]),
+                fingerprint=_s(reply[3]),
+                first_sent_at=reply[1] / 1000,
+                response=json.loads(reply[4]) if reply[4] is not None else None,
+                code=_s(reply[5]) if reply[5] is not None else None,
+                message=_s(reply[6]) if reply[6] is not None else None,
+                lease_until=reply[7] / 1000 if reply[7] is not None else None,
             )
-        except ValueError as exc:
+        except (ValueError, IndexError, TypeError) as exc:
             raise LedgerUnavailableError(f"malformed ledger record for key {key!r}: {exc}") from exc
+
+    async def _backdate(self, key: str, seconds: float, *, end_lease: bool = False) -> bool:
+        """Tests only: move ``key``'s first-sent time ``seconds`` back on Redis's clock (and
+        end its lease), as if its first claim had been made that long ago."""
+        return bool(await self._call("backdate", (self.record_key(key),), int(seconds * 1000),
+                                     "1" if end_lease else "0"))
 
     async def aclose(self) -> None:
         """Wait for the calls already made, then close the client if ``from_url`` made it."""
