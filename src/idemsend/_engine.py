@@ -176,8 +176,8 @@ class Engine:
         )
         self._hooks: list[Hook] = hook_list
         self._state = _State.NEW
-        # key -> (fingerprint, job id, the future its joiners wait on)
-        self._flights: dict[str, tuple[str, str, asyncio.Future[SendResult]]] = {}
+        # key -> the send of that key under way in this engine (what joiners wait on)
+        self._flights: dict[str, _Flight] = {}
         # Claim tokens: random per engine, a counter per claim (unique, and cheap per send).
         self._token_prefix = secrets.token_hex(8) + "-"
         self._token_seq = itertools.count(1)
@@ -300,7 +300,7 @@ class Engine:
     ) -> SendResult:
         flight = self._flights.get(key)
         if flight is not None:
-            flight_fp, flight_job, flight_future = flight
+            flight_fp, flight_job = flight.fp, flight.job_id
             if flight_fp != fp:
                 # Answer as a moment later would: with a ledger, the same job gets the
                 # frozen first body's result (drift is logged); otherwise the provider
@@ -312,24 +312,31 @@ class Engine:
                         key=key,
                     )
                 log_drift(job.id, flight_fp, fp, key)
-            result = await asyncio.shield(flight_future)
+            if flight.future is None:  # the first joiner: made only when someone joins
+                flight.future = asyncio.get_running_loop().create_future()
+            result = await asyncio.shield(flight.future)
             return replace(result, replayed=True, job_id=job.id)
-        future: asyncio.Future[SendResult] = asyncio.get_running_loop().create_future()
-        self._flights[key] = (fp, job.id, future)
+        flight = self._flights[key] = _Flight(fp, job.id)
         try:
             result = await self._guarded(job, key, payload, fp, attempt, observer)
         except IdemsendError as exc:
-            future.set_exception(exc)
+            if flight.future is not None:
+                flight.future.set_exception(exc)
             raise
         except BaseException as exc:
-            future.set_exception(RetryableError(f"the send of key {key!r} was interrupted: {exc!r}", key=key))
+            if flight.future is not None:
+                flight.future.set_exception(
+                    RetryableError(f"the send of key {key!r} was interrupted: {exc!r}", key=key)
+                )
             raise
         else:
-            future.set_result(result)
+            if flight.future is not None:
+                flight.future.set_result(result)
             return result
         finally:
             del self._flights[key]
-            if future.done() and not future.cancelled():
+            future = flight.future
+            if future is not None and future.done() and not future.cancelled():
                 future.exception()  # mark retrieved: joiners are optional
 
     async def _guarded(
@@ -344,6 +351,18 @@ class Engine:
             return await deliver(payload, fp, Tries())
         token = f"{self._token_prefix}{next(self._token_seq)}"
         return await self._guard.send(job, key, payload, fp, token, deliver, observer)
+
+
+class _Flight:
+    """A send under way in this engine: what a concurrent send of the same key checks, and
+    the future it waits on (made only when one joins: most sends have no joiner)."""
+
+    __slots__ = ("fp", "future", "job_id")
+
+    def __init__(self, fp: str, job_id: str) -> None:
+        self.fp = fp
+        self.job_id = job_id
+        self.future: asyncio.Future[SendResult] | None = None
 
 
 def _provider(value: Provider | ResultClassifier | None) -> Provider:

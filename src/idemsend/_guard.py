@@ -8,7 +8,8 @@ while the HTTP part runs, and settle the outcome.
   the ledger's own clock (``Claimed.age``), is not resent (``StaleReplayError``).
 * **frozen body**: a resumed claim sends the first attempt's bytes (drift is logged).
 * **leases**: one renewer task per engine keeps every lease it holds.
-* **settling**: done -> ``complete``; fatal for the key -> ``fail``; a setup error or an
+* **settling**: done -> ``complete`` (id, status, and the response body when it was at most
+  ``MAX_RECORDED_RESPONSE`` bytes); fatal for the key -> ``fail``; a setup error or an
   unknown outcome -> ``release`` (forgetting a fresh record whose tries ran nothing). A
   ledger that cannot be reached after the send does not undo the send: the lease runs out
   and the next attempt resumes it, and the provider replays it.
@@ -41,9 +42,16 @@ from ._redact import Redactor
 from ._result import SendResult
 from .ledger._base import Busy, Claimed, Conflict, Done, Failed, Ledger, LedgerUnavailableError, SettleResult, Unstable
 
-__all__ = ["LedgerGuard", "log_drift"]
+__all__ = ["MAX_RECORDED_RESPONSE", "LedgerGuard", "log_drift"]
 
 log = logging.getLogger("idemsend.engine")
+
+#: The largest provider response body (bytes, as received) a done record keeps. A record
+#: is kept the ledger's retention (a week by default) for every send, so a provider that
+#: answers with a whole object (a payment's: kilobytes) would multiply the ledger's size;
+#: a bigger body is recorded as None. The id and the status, what a replay needs, are
+#: always kept.
+MAX_RECORDED_RESPONSE = 256
 
 T = TypeVar("T")
 Deliver = Callable[[bytes, str, Tries], Awaitable[SendResult]]
@@ -222,7 +230,8 @@ class LedgerGuard:
             raise
         finally:
             self.leases.drop(key)
-        record = {"id": result.id, "status": result.status, "response": result.response}
+        body = result.response if tries.body_size <= MAX_RECORDED_RESPONSE else None
+        record = {"id": result.id, "status": result.status, "response": body}
         await self._settle(key, "complete", ledger.complete(key=key, token=token, response=record), observer)
         return result
 
@@ -240,7 +249,7 @@ class LedgerGuard:
 
     async def _call(self, key: str, op: str, call: Awaitable[T], observer: SendObserver | None) -> T:
         """A ledger call before the send: an unreachable ledger means nothing is sent."""
-        started = time.monotonic()
+        started = time.monotonic() if observer is not None else 0.0
         try:
             result = await call
         except LedgerUnavailableError as exc:
@@ -262,7 +271,7 @@ class LedgerGuard:
     ) -> SettleResult | None:
         """Record an outcome after the HTTP part; None when the ledger is unreachable (the
         send's own result stands: see the module docstring)."""
-        started = time.monotonic()
+        started = time.monotonic() if observer is not None else 0.0
         try:
             result = await call
         except LedgerUnavailableError as exc:

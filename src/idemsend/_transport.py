@@ -107,8 +107,12 @@ class AiohttpTransport:
             raise ConfigError("the transport is not started (or was closed)")
         try:
             async with session.post(
-                request.url, data=request.body, headers=dict(request.headers), allow_redirects=False
+                request.url, data=request.body, headers=request.headers, allow_redirects=False
             ) as resp:
+                length = resp.content_length
+                if length is not None and length <= self.max_response_bytes:
+                    # the usual answer: its length said up front, read in one call
+                    return RawResponse(resp.status, resp.headers, await resp.read())
                 chunks: list[bytes] = []
                 size = 0
                 async for chunk in resp.content.iter_chunked(64 * 1024):

@@ -97,7 +97,12 @@ class Claimed:
 
 @dataclass(frozen=True, slots=True)
 class Done:
-    """The send completed earlier; ``response`` is what ``complete`` recorded.
+    """The send completed earlier; ``response`` is what ``complete`` recorded. The engine
+    records ``{"id", "status", "response"}``: the provider's id and HTTP status always,
+    and its (parsed) response body only when the body was at most 256 bytes as received
+    (else ``None``; ``idemsend._guard.MAX_RECORDED_RESPONSE``), so that a week of records
+    stays small whatever the provider answers. A replay answered from the ledger therefore has
+    the id and the status, and the body when it was small.
 
     ``fingerprint`` is the fingerprint of the body that was actually sent (the frozen
     first body), which may differ from this claim's. It is ``""`` when unknown: a done
@@ -149,7 +154,9 @@ class LedgerRecord:
 
     ``job_id`` and ``fingerprint`` are ``""`` for a done record that ``complete`` wrote
     anew ("recreated"). ``first_sent_at`` is Unix seconds on the ledger's clock.
-    ``response`` is set when done; ``code`` and ``message`` when fatal; ``lease_until``
+    ``response`` is set when done (what ``complete`` recorded: for the engine, id, status
+    and the response body when it was at most 256 bytes, see ``Done``); ``code`` and
+    ``message`` when fatal; ``lease_until``
     (Unix seconds, the ledger's clock; at or before now when the lease was released or
     ran out) only while in flight."""
 
@@ -235,7 +242,9 @@ class Ledger(Protocol):
 
     async def complete(self, *, key: str, token: str, response: Mapping[str, Any]) -> SettleResult:
         """Record that the send succeeded with ``response`` (a JSON-serialisable mapping;
-        anything else raises ``TypeError`` before the store is asked).
+        anything else raises ``TypeError`` before the store is asked). The ledger keeps it
+        as given; the engine bounds what it passes (see ``Done``). The frozen body is not
+        kept once the record is done.
 
         Answers ``"ok"`` (the record was in flight under ``token``; it is now done, its
         frozen body dropped), ``"recreated"`` (there was no record: the store lost it; a
