@@ -2,7 +2,9 @@
 
 Every variant sends N keyed POSTs to the same MockProvider with C coroutines pulling from
 one counter, after a short warm-up, and prints one JSON line: sends/s, p50/p99 latency,
-CPU seconds per 1,000 sends (this process only) and peak RSS (this process's lifetime).
+CPU seconds per 1,000 sends (this process only), peak RSS (this process's lifetime), the
+timed window (Unix seconds), and with ``--stats URL,...`` what those Redis servers spent on
+the timed sends (CPU microseconds and commands per send, from INFO cpu / commandstats).
 
 Variants:
   raw       aiohttp POST with an Idempotency-Key header: the ceiling
@@ -29,6 +31,10 @@ from typing import Any
 import aiohttp
 
 VARIANTS = ("raw", "tenacity", "engine", "memory", "redis", "idemkit")
+#: A provider API key of a real key's length: the engine scrubs credentials out of every
+#: response, and one under 8 characters ("bench") would make it walk every parsed answer
+#: too, which no real key does.
+API_KEY = "re_bench_9f8e7d6c5b4a3210"
 
 
 class Retryable(Exception):
@@ -106,7 +112,7 @@ async def make_sender(variant: str, args: argparse.Namespace, run: str) -> tuple
     from idemsend.ledger import MemoryLedger, RedisLedger
 
     ledger = {"engine": None, "memory": MemoryLedger(), "redis": None}[variant] if variant != "redis" else \
-        RedisLedger.from_url(args.redis, prefix=f"bench-{run}")
+        RedisLedger.from_url(args.redis, prefix=f"bench-{run}", cluster=args.cluster)
     engine = await Engine(
         args.url, key="welcome:{user_id}:{job_id}", api_key=args.api_key, ledger=ledger,
         limits=Limits(max_in_flight=conn_limit),
@@ -137,18 +143,29 @@ async def main() -> None:
     ap.add_argument("variant", choices=VARIANTS)
     ap.add_argument("--url", required=True)
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")
-    ap.add_argument("--api-key", default="bench")
+    ap.add_argument("--api-key", default=API_KEY)
+    ap.add_argument("--cluster", action="store_true", help="--redis is a node of a Redis Cluster")
+    ap.add_argument("--stats", default="", help="Redis URLs (comma-separated) whose CPU and commands to count")
     ap.add_argument("--concurrency", type=int, default=100)
     ap.add_argument("--sends", type=int, default=5000)
     args = ap.parse_args()
     run = uuid.uuid4().hex[:10]
     send, close = await make_sender(args.variant, args, run)
+    stats = None
+    if args.stats:
+        from redis_stats import clients_for, snapshot
+
+        stats = clients_for(args.stats.split(","))
     try:
         warm = min(200, max(args.sends // 10, args.concurrency))
         await drive(send, 0, warm, args.concurrency)
+        before = snapshot(stats) if stats else None
+        t_start = time.time()
         usage0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         latencies = await drive(send, warm, args.sends, args.concurrency)
         wall, usage1 = time.perf_counter() - wall0, resource.getrusage(resource.RUSAGE_SELF)
+        t_end = time.time()
+        spent = snapshot(stats) - before if stats and before else None
     finally:
         await close()
     cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
@@ -162,6 +179,13 @@ async def main() -> None:
         "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
         "cpu_s_per_1000": 1000 * cpu / args.sends,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "warm": warm, "t_start": t_start, "t_end": t_end,
+        **({} if spent is None else {
+            "redis_us_per_send": 1e6 * spent.cpu / args.sends,
+            "redis_commands_per_send": spent.commands / args.sends,
+            "redis_scripts_per_send": spent.scripts / args.sends,
+            "redis_calls": spent.calls,
+        }),
     }))
 
 

@@ -26,12 +26,15 @@ from typing import Any
 import aiohttp
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from clients import API_KEY  # noqa: E402
+
 SIGNING, NEXT = "sig_bench_" + "k" * 32, "sig_bench_next_" + "n" * 32
 
 
 def env_for(args: argparse.Namespace, ledger: bool) -> None:
     os.environ["IDEMSEND_URL"] = args.url
-    os.environ["IDEMSEND_API_KEY"] = "bench"
+    os.environ["IDEMSEND_API_KEY"] = API_KEY
     os.environ["IDEMSEND_MAX_IN_FLIGHT"] = "200"
     if ledger:
         os.environ["IDEMSEND_LEDGER_URL"] = args.redis
@@ -55,7 +58,7 @@ async def run_arq(args: argparse.Namespace) -> dict[str, Any]:
     idem = ArqAdapter(engine_from_env)
 
     async def raw_job(ctx: dict[str, Any], data: dict[str, Any], body: dict[str, Any]) -> Any:
-        headers = {"Authorization": "Bearer bench", "Content-Type": "application/json",
+        headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json",
                    "Idempotency-Key": f"welcome:{data['user_id']}:{ctx['job_id']}"}
         async with ctx["session"].post(args.url, data=json.dumps(body), headers=headers) as r:
             return (await r.json())["id"]
@@ -130,7 +133,7 @@ def qstash_app(variant: str, url: str) -> Any:
     from idemsend.adapters.qstash import QStashHandler
 
     if variant == "adapter":
-        engine = Engine(url, key="welcome:{user_id}:{job_id}", api_key="bench", limits=Limits(max_in_flight=200))
+        engine = Engine(url, key="welcome:{user_id}:{job_id}", api_key=API_KEY, limits=Limits(max_in_flight=200))
         handler = QStashHandler(
             lambda: engine, current_signing_key=SIGNING, next_signing_key=NEXT, url_from_request=True
         )
@@ -143,7 +146,7 @@ def qstash_app(variant: str, url: str) -> Any:
         receiver.verify(signature=request.headers["Upstash-Signature"], body=raw.decode(), url=str(request.url))
         message = json.loads(raw)
         key = f"welcome:{message['data']['user_id']}:{request.headers['Upstash-Message-Id']}"
-        headers = {"Authorization": "Bearer bench", "Content-Type": "application/json", "Idempotency-Key": key}
+        headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json", "Idempotency-Key": key}
         async with request.app["session"].post(url, data=json.dumps(message["body"]), headers=headers) as r:
             return web.json_response(await r.json(), status=r.status)
 
@@ -231,7 +234,7 @@ async def run_scale(args: argparse.Namespace) -> dict[str, Any]:
 
     run = uuid.uuid4().hex[:8]
     limits = Limits(max_in_flight=args.sends)
-    async with Engine(args.url, key="scale:{job_id}", api_key="bench", limits=limits, timeout=120) as engine:
+    async with Engine(args.url, key="scale:{job_id}", api_key=API_KEY, limits=limits, timeout=120) as engine:
         base = rss_kb()
         peak = base
         tasks = [asyncio.ensure_future(engine.send(Job(f"{run}-{i}"), {"to": [f"u{i}@example.com"]}))

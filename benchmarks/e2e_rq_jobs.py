@@ -19,7 +19,7 @@ _client = httpx.Client()  # the plain job's pooled client, as a user would keep 
 def raw_send(data: dict[str, Any], body: dict[str, Any]) -> Any:
     job = get_current_job()
     assert job is not None
-    headers = {"Authorization": "Bearer bench", "Content-Type": "application/json",
+    headers = {"Authorization": f"Bearer {os.environ['IDEMSEND_API_KEY']}", "Content-Type": "application/json",
                "Idempotency-Key": f"welcome:{data['user_id']}:{job.id}"}
     r = _client.post(os.environ["IDEMSEND_URL"], content=json.dumps(body), headers=headers)
     return r.json()["id"]

@@ -1,0 +1,138 @@
+"""What a completed send keeps in each ledger's store, in its own process; prints one JSON line.
+
+  python memory.py redis    --sends 100000 [--redis URL]   (a throwaway Redis when no URL)
+  python memory.py memory   --sends 100000
+  python memory.py postgres --sends 20000 [--dsn DSN]      (needs asyncpg; a throwaway server when no DSN)
+
+Each run makes ``--sends`` completed sends the way the engine does (claim, then complete
+with the record the engine writes: id, status and the provider's response, here the
+MockProvider's 66-byte answer), with the benchmark's key and job id shapes, and reports:
+
+* redis: ``INFO memory`` used_memory before and after, per send (what the server holds:
+  keys, values, TTLs, hash-table slots, allocator rounding), the keys per send, and
+  ``MEMORY USAGE`` of one send's keys (Redis's own estimate of them, less than the above).
+* memory: tracemalloc's bytes still allocated per send.
+* postgres: ``pg_total_relation_size`` of the ledger's tables (rows, indexes, TOAST) per
+  send, as written and after ``VACUUM FULL`` (live rows only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+
+from idemsend._body import canonical_body, fingerprint  # noqa: E402
+
+
+def send_shape(run: str, i: int) -> tuple[str, str, bytes, str, dict[str, Any]]:
+    """(key, job id, payload, fingerprint, record) as clients.py's sends have them."""
+    body = {"from": "welcome@example.com", "to": [f"user-{i}@example.com"], "template": "welcome",
+            "variables": {"name": f"User {i}"}}
+    payload = canonical_body(body)
+    answer = {"id": f"em_{i:08d}", "object": "email", "to": [f"user-{i}@example.com"]}
+    record = {"id": answer["id"], "status": 200, "response": answer}
+    return f"welcome:user-{i}:{run}-{i}", f"{run}-{i}", payload, fingerprint(payload), record
+
+
+async def fill(ledger: Any, run: str, sends: int, chunk: int = 500) -> None:
+    async def one(i: int) -> None:
+        key, job, payload, fp, record = send_shape(run, i)
+        token = f"{run}-tok-{i}"
+        await ledger.claim(key=key, job_id=job, payload=payload, fingerprint=fp, token=token, lease=30)
+        assert await ledger.complete(key=key, token=token, response=record) == "ok"
+
+    for start in range(0, sends, chunk):
+        await asyncio.gather(*(one(i) for i in range(start, min(sends, start + chunk))))
+
+
+async def redis_bytes(args: argparse.Namespace) -> dict[str, Any]:
+    from idemsend.ledger import RedisLedger
+    from idemsend.testing._redis_server import RedisServer
+
+    server = None if args.redis else RedisServer().start()
+    url = args.redis or server.url  # type: ignore[union-attr]
+    try:
+        ledger = RedisLedger.from_url(url, prefix="idemsend")
+        client = ledger.client
+        await client.ping()
+        keys0, mem0 = await client.dbsize(), (await client.info("memory"))["used_memory"]
+        run = uuid.uuid4().hex[:10]
+        await fill(ledger, run, args.sends)
+        keys1, mem1 = await client.dbsize(), (await client.info("memory"))["used_memory"]
+        key, job, *_ = send_shape(run, 7)
+        usage = (await client.memory_usage(ledger.record_key(key))) + (await client.memory_usage(ledger.job_key(job)))
+        await ledger.aclose()
+    finally:
+        if server is not None:
+            server.cleanup()
+    return {"ledger": "redis", "sends": args.sends, "bytes_per_send": (mem1 - mem0) / args.sends,
+            "keys_per_send": (keys1 - keys0) / args.sends, "memory_usage_per_send": usage}
+
+
+async def memory_bytes(args: argparse.Namespace) -> dict[str, Any]:
+    import tracemalloc
+
+    from idemsend.ledger import MemoryLedger
+
+    ledger = MemoryLedger(max_records=args.sends + 1)
+    run = uuid.uuid4().hex[:10]
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    await fill(ledger, run, args.sends)
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return {"ledger": "memory", "sends": args.sends, "bytes_per_send": (after - before) / args.sends}
+
+
+async def postgres_bytes(args: argparse.Namespace) -> dict[str, Any]:
+    import asyncpg
+
+    from idemsend.ledger._postgres import PostgresLedger
+    from idemsend.testing import PostgresServer
+
+    server = None if args.dsn else PostgresServer().start()
+    dsn = args.dsn or server.dsn  # type: ignore[union-attr]
+    table = f"bench_{uuid.uuid4().hex[:8]}"
+    try:
+        ledger = PostgresLedger.from_url(dsn, table=table, create_table=True)
+        await ledger.start()
+        await fill(ledger, uuid.uuid4().hex[:10], args.sends, chunk=200)
+        await ledger.aclose()
+        con = await asyncpg.connect(dsn)
+        try:
+            size = "SELECT pg_total_relation_size($1::regclass) + pg_total_relation_size($2::regclass)"
+            written = await con.fetchval(size, table, f"{table}_jobs")
+            await con.execute(f"VACUUM FULL {table}")
+            await con.execute(f"VACUUM FULL {table}_jobs")
+            live = await con.fetchval(size, table, f"{table}_jobs")
+            await con.execute(f"DROP TABLE {table}, {table}_jobs")
+        finally:
+            await con.close()
+    finally:
+        if server is not None:
+            server.cleanup()
+    return {"ledger": "postgres", "sends": args.sends, "bytes_per_send": live / args.sends,
+            "bytes_per_send_as_written": written / args.sends}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("ledger", choices=["redis", "memory", "postgres"])
+    ap.add_argument("--sends", type=int, default=100_000)
+    ap.add_argument("--redis", default="")
+    ap.add_argument("--dsn", default="")
+    args = ap.parse_args()
+    runner = {"redis": redis_bytes, "memory": memory_bytes, "postgres": postgres_bytes}[args.ledger]
+    print(json.dumps(asyncio.run(runner(args))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
