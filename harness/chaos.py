@@ -129,8 +129,11 @@ class _Tally:
 
 async def run_queue(
     driver_class: type[QueueDriver], *, jobs: int, dup_rate: float, kills: int, seed: int | None, workers: int,
-    adapters: Path, run_dir: RunDir, progress: bool = True, timeout: float = 900,
+    adapters: Path, run_dir: RunDir, progress: bool = True, timeout: float = 900, ledger: str | None = None,
 ) -> ChaosReport:
+    """One queue's run. ``ledger``: the workers' ledger URL (default: the run's own Redis,
+    which is restarted mid-run); a ``postgresql://`` one gets tables of the run's own,
+    made before the workers start and dropped after."""
     rng = random.Random(seed)
     report = ChaosReport(queue=driver_class.name, jobs=jobs)
     redis = RedisServer(appendonly=True).start()
@@ -140,15 +143,19 @@ async def run_queue(
         # 20 ms a send keeps every queue busy long enough for the kills to land mid-send
         async with MockProvider(api_key="chaos", faults=faults, seed=seed, processing_delay=0.02) as provider:
             driver = driver_class(
-                provider, redis.url, profile=CHAOS, run_dir=run_dir, workers=workers, ledger_url=redis.url,
+                provider, redis.url, profile=CHAOS, run_dir=run_dir, workers=workers, ledger_url=ledger or redis.url,
                 adapters=adapters,
             )
-            await driver.start(supervise=True)
+            tables = await _own_tables(ledger, f"{CHAOS.name}-{driver.name}-{driver.tag}")
             try:
-                tally = await _drive(driver, redis, report, rng, jobs=jobs, dup_rate=dup_rate, kills=kills,
-                                     progress=progress, timeout=timeout)
+                await driver.start(supervise=True)
+                try:
+                    tally = await _drive(driver, redis, report, rng, jobs=jobs, dup_rate=dup_rate, kills=kills,
+                                         progress=progress, timeout=timeout)
+                finally:
+                    await driver.stop()
             finally:
-                await driver.stop()
+                await tables.drop()
             report.duplicates = report.deliveries - jobs
             report.worker_restarts = driver.restarts
             report.provider_requests = provider.stats.requests
@@ -162,6 +169,40 @@ async def run_queue(
         redis.cleanup()
     report.seconds = time.monotonic() - start
     return report
+
+
+class _Tables:
+    """The Postgres tables a run made for its ledger (nothing for any other ledger)."""
+
+    def __init__(self, url: str | None = None, table: str | None = None) -> None:
+        self.url, self.table = url, table
+
+    async def drop(self) -> None:
+        if self.url is None or self.table is None:
+            return
+        import asyncpg
+
+        conn = await asyncpg.connect(self.url.split("?", 1)[0])
+        try:
+            await conn.execute(f'DROP TABLE IF EXISTS "{self.table}", "{self.table}_jobs"')
+        finally:
+            await conn.close()
+
+
+async def _own_tables(ledger: str | None, prefix: str) -> _Tables:
+    """Make the tables of the run's Postgres ledger (the workers' ``IDEMSEND_LEDGER_PREFIX``
+    names them) before any worker starts: workers do not create tables."""
+    if ledger is None or not ledger.startswith(("postgresql://", "postgres://")):
+        return _Tables()
+    from idemsend.ledger import ledger_from_url
+    from idemsend.ledger._url import postgres_table_for_prefix
+
+    made = ledger_from_url(ledger, prefix=prefix)
+    try:
+        await made.migrate()  # type: ignore[attr-defined]
+    finally:
+        await made.aclose()
+    return _Tables(ledger, postgres_table_for_prefix(prefix))
 
 
 async def _drive(
@@ -233,7 +274,7 @@ async def _drive(
 async def run_chaos(
     queues: Sequence[str] | None = None, *, jobs: int = 10_000, dup_rate: float = 0.3, kills: int = 3,
     workers: int = 3, seed: int | None = None, adapters: Path = ADAPTERS, progress: bool = True,
-    run_dir: RunDir | None = None,
+    run_dir: RunDir | None = None, ledger: str | None = None,
 ) -> list[ChaosReport]:
     """One report per queue (every registered queue by default), in order."""
     known = drivers()
@@ -244,7 +285,7 @@ async def run_chaos(
         for name in queues if queues is not None else list(known):
             reports.append(await run_queue(
                 known[name], jobs=jobs, dup_rate=dup_rate, kills=kills, seed=seed, workers=workers,
-                adapters=adapters, run_dir=logs, progress=progress,
+                adapters=adapters, run_dir=logs, progress=progress, ledger=ledger,
             ))
     except BaseException:
         if own_dir:
@@ -270,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=_positive, default=3, help="worker processes per queue (where it scales)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--adapters", type=Path, default=ADAPTERS, help="the adapters/ folder of a checkout")
+    parser.add_argument(
+        "--ledger", default=None, metavar="URL",
+        help="the workers' ledger (default: the run's own Redis, restarted mid-run); e.g."
+        " postgresql://postgres@127.0.0.1:5432/postgres gets tables of the run's own"
+        " (pip install 'idemsend[postgres]')",
+    )
     parser.add_argument("--quiet", action="store_true")
     return parser
 
@@ -293,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         reports = asyncio.run(run_chaos(
             queues, jobs=args.jobs, dup_rate=args.dup_rate, kills=args.kills, workers=args.workers, seed=args.seed,
-            adapters=args.adapters, progress=not args.quiet, run_dir=logs,
+            adapters=args.adapters, progress=not args.quiet, run_dir=logs, ledger=args.ledger,
         ))
     except BaseException:
         logs.finish(keep=True)

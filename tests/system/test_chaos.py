@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -36,6 +37,34 @@ def test_chaos_small_run_sends_each_job_exactly_once() -> None:
     assert all(int(n) >= 1 for n in rows["workers SIGKILLed"]) and rows["Redis restarts"] == ["1"] * every
     assert all(int(n) > 20 for n in rows["duplicates delivered"])
     assert "logs kept" not in out.stderr  # a passing run leaves no log folder behind
+
+
+@pytest.mark.slow
+@pytest.mark.processes
+@pytest.mark.postgres
+def test_chaos_small_run_with_a_postgres_ledger() -> None:
+    """The same run with the workers' ledger in PostgreSQL (tables of the run's own): the
+    queue's Redis restarts mid-run, the ledger does not, and each job is sent exactly once."""
+    from tests.ledger.conftest import HAVE_ASYNCPG, LOCAL_POSTGRES, NO_ASYNCPG, _answers, run_sync
+
+    if not HAVE_ASYNCPG:
+        pytest.skip(NO_ASYNCPG)
+    if drivers()["arq"].unavailable() is not None:
+        pytest.skip("arq is not installed here (nox -s postgres installs it)")
+    dsn = os.environ.get("POSTGRES_DSN", LOCAL_POSTGRES)
+    if not run_sync(_answers(dsn)):
+        pytest.skip(f"no PostgreSQL answers at {dsn} (set POSTGRES_DSN)")
+    out = subprocess.run(
+        [sys.executable, "-m", "harness.chaos", "--queues", "arq", "--jobs", "200", "--seed", "12", "--quiet",
+         "--ledger", dsn],
+        capture_output=True, text=True, timeout=900, cwd=ROOT,
+    )
+    print(out.stdout)
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in out.stdout.splitlines() if line.startswith("| ") and not line.startswith("| |")}
+    assert rows["provider sends"] == ["200"] and rows["double sends"] == ["0"] and rows["lost jobs"] == ["0"]
+    assert rows["verdict"] == ["OK"] and rows["Redis restarts"] == ["1"]
 
 
 def test_chaos_refuses_an_unknown_queue() -> None:
