@@ -27,10 +27,13 @@ from pathlib import Path
 
 from idemsend.cli import _positive, _rate
 from idemsend.cli._progress import Progress
-from idemsend.testing import Faults, MockProvider, RedisServer
+from idemsend.testing import Faults, MockProvider, PostgresServer, RedisServer
 
 from .queues import CHAOS, QueueDriver, QueueJob, RunDir, Terminal, drivers
 from .queues.base import ADAPTERS
+
+#: ``--ledger own-postgres``: a throwaway PostgreSQL of the run's own as the ledger.
+OWN_POSTGRES = "own-postgres"
 
 __all__ = ["ChaosReport", "main", "run_chaos", "run_queue", "table"]
 
@@ -43,6 +46,7 @@ class ChaosReport:
     duplicates: int = 0
     kills: int = 0
     redis_restarts: int = 0
+    ledger_restarts: int = 0
     worker_restarts: int = 0
     provider_requests: int = 0
     provider_sends: int = 0
@@ -77,6 +81,7 @@ def table(reports: list[ChaosReport]) -> str:
         ("duplicates delivered", lambda r: r.duplicates), ("workers SIGKILLed", lambda r: r.kills),
         ("worker restarts (kills and crashes)", lambda r: r.worker_restarts),
         ("Redis restarts", lambda r: r.redis_restarts),
+        ("ledger PostgreSQL crashes (SIGKILL, restart)", lambda r: r.ledger_restarts),
         ("faults injected", lambda r: ", ".join(f"{k} {v}" for k, v in sorted(r.faults.items()))),
         ("provider requests", lambda r: r.provider_requests), ("provider sends", lambda r: r.provider_sends),
         ("double sends", lambda r: r.double_sends), ("jobs sent", lambda r: r.sent),
@@ -133,9 +138,30 @@ async def run_queue(
 ) -> ChaosReport:
     """One queue's run. ``ledger``: the workers' ledger URL (default: the run's own Redis,
     which is restarted mid-run); a ``postgresql://`` one gets tables of the run's own,
-    made before the workers start and dropped after."""
+    made before the workers start and dropped after; ``own-postgres``: a throwaway
+    PostgreSQL of the run's own, SIGKILLed and restarted mid-run as well."""
     rng = random.Random(seed)
     report = ChaosReport(queue=driver_class.name, jobs=jobs)
+    pg: PostgresServer | None = None
+    if ledger == OWN_POSTGRES:
+        pg = PostgresServer().start()
+        ledger = pg.dsn
+    try:
+        return await _run_queue(
+            driver_class, report, rng, seed, jobs=jobs, dup_rate=dup_rate, kills=kills, workers=workers,
+            adapters=adapters, run_dir=run_dir, progress=progress, timeout=timeout, ledger=ledger, pg=pg,
+        )
+    finally:
+        if pg is not None:
+            pg.cleanup()
+
+
+async def _run_queue(
+    driver_class: type[QueueDriver], report: ChaosReport, rng: random.Random, seed: int | None, *, jobs: int,
+    dup_rate: float,
+    kills: int, workers: int, adapters: Path, run_dir: RunDir, progress: bool, timeout: float, ledger: str | None,
+    pg: PostgresServer | None,
+) -> ChaosReport:
     redis = RedisServer(appendonly=True).start()
     faults = Faults(rate_5xx=0.05, rate_lost=0.05, rate_in_flight=0.05, retry_after=0.2)
     start = time.monotonic()
@@ -151,7 +177,7 @@ async def run_queue(
                 await driver.start(supervise=True)
                 try:
                     tally = await _drive(driver, redis, report, rng, jobs=jobs, dup_rate=dup_rate, kills=kills,
-                                         progress=progress, timeout=timeout)
+                                         progress=progress, timeout=timeout, pg=pg)
                 finally:
                     await driver.stop()
             finally:
@@ -207,7 +233,7 @@ async def _own_tables(ledger: str | None, prefix: str) -> _Tables:
 
 async def _drive(
     driver: QueueDriver, redis: RedisServer, report: ChaosReport, rng: random.Random, *, jobs: int,
-    dup_rate: float, kills: int, progress: bool, timeout: float,
+    dup_rate: float, kills: int, progress: bool, timeout: float, pg: PostgresServer | None = None,
 ) -> _Tally:
     job_list = [
         QueueJob(f"{driver.name}-{driver.tag}-{i:06d}", {"user_id": f"user-{i}"},
@@ -240,6 +266,11 @@ async def _drive(
                 await asyncio.sleep(1.0)
                 redis.start()
                 report.redis_restarts += 1
+                if pg is not None:  # the ledger's database crashes too: committed records survive (WAL)
+                    pg.kill()
+                    await asyncio.sleep(1.0)
+                    await asyncio.to_thread(pg.start)
+                    report.ledger_restarts += 1
             await driver.sweep_abandoned()
 
     for job in job_list:  # first deliveries, and the duplicates that ride right behind
@@ -314,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ledger", default=None, metavar="URL",
         help="the workers' ledger (default: the run's own Redis, restarted mid-run); e.g."
-        " postgresql://postgres@127.0.0.1:5432/postgres gets tables of the run's own"
+        " postgresql://postgres@127.0.0.1:5432/postgres gets tables of the run's own;"
+        f" {OWN_POSTGRES}: a throwaway PostgreSQL, SIGKILLed and restarted mid-run"
         " (pip install 'idemsend[postgres]')",
     )
     parser.add_argument("--quiet", action="store_true")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections import Counter
@@ -43,20 +42,24 @@ def test_chaos_small_run_sends_each_job_exactly_once() -> None:
 @pytest.mark.processes
 @pytest.mark.postgres
 def test_chaos_small_run_with_a_postgres_ledger() -> None:
-    """The same run with the workers' ledger in PostgreSQL (tables of the run's own): the
-    queue's Redis restarts mid-run, the ledger does not, and each job is sent exactly once."""
-    from tests.ledger.conftest import HAVE_ASYNCPG, LOCAL_POSTGRES, NO_ASYNCPG, _answers, run_sync
+    """The same run with the workers' ledger in a throwaway PostgreSQL of the run's own: the
+    queue's Redis restarts mid-run and the ledger's PostgreSQL is SIGKILLed and restarted
+    (WAL recovery); each job is still sent exactly once."""
+    import importlib.util
 
-    if not HAVE_ASYNCPG:
-        pytest.skip(NO_ASYNCPG)
+    from idemsend.testing._postgres_server import find_postgres_bindir
+
+    if importlib.util.find_spec("asyncpg") is None:
+        pytest.skip("asyncpg is not installed: pip install 'idemsend[postgres]' (nox -s postgres)")
     if drivers()["arq"].unavailable() is not None:
         pytest.skip("arq is not installed here (nox -s postgres installs it)")
-    dsn = os.environ.get("POSTGRES_DSN", LOCAL_POSTGRES)
-    if not run_sync(_answers(dsn)):
-        pytest.skip(f"no PostgreSQL answers at {dsn} (set POSTGRES_DSN)")
+    try:
+        find_postgres_bindir()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
     out = subprocess.run(
         [sys.executable, "-m", "harness.chaos", "--queues", "arq", "--jobs", "200", "--seed", "12", "--quiet",
-         "--ledger", dsn],
+         "--ledger", "own-postgres"],
         capture_output=True, text=True, timeout=900, cwd=ROOT,
     )
     print(out.stdout)
@@ -65,6 +68,7 @@ def test_chaos_small_run_with_a_postgres_ledger() -> None:
             for line in out.stdout.splitlines() if line.startswith("| ") and not line.startswith("| |")}
     assert rows["provider sends"] == ["200"] and rows["double sends"] == ["0"] and rows["lost jobs"] == ["0"]
     assert rows["verdict"] == ["OK"] and rows["Redis restarts"] == ["1"]
+    assert rows["ledger PostgreSQL crashes (SIGKILL, restart)"] == ["1"]
 
 
 def test_chaos_refuses_an_unknown_queue() -> None:
