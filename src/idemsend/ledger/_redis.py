@@ -58,6 +58,8 @@ from ._group import GroupCommit
 try:
     import redis.asyncio as aioredis
     from redis.asyncio.cluster import RedisCluster
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
     from redis.exceptions import (
         AskError,
         ClusterError,
@@ -66,6 +68,9 @@ try:
         RedisError,
         ResponseError,
         TryAgainError,
+    )
+    from redis.exceptions import (
+        ConnectionError as RedisConnectionError,
     )
 except ImportError as exc:  # pragma: no cover - exercised by the missing-extra test
     raise MissingExtraError("redis", "redis") from exc
@@ -558,8 +563,14 @@ class RedisLedger:
             client: Any = RedisCluster.from_url(url, socket_timeout=socket_timeout)
         else:
             extra: dict[str, Any] = {"connection_class": _HiredisPackConnection} if _HIREDIS else {}
+            # A pooled connection the server closed (a restart) fails its first command when
+            # the close was not yet seen (redis-py 6+ no longer probes the socket on checkout):
+            # such a call is sent once more on a new connection. Every ledger operation is
+            # safe to repeat: a repeated claim finds its own record and claims it again, a
+            # repeated settlement answers "superseded" or "missing" (logged), nothing is sent.
             client = aioredis.Redis.from_url(
-                url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout, **extra
+                url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
+                retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError], **extra,
             )
         ledger = cls(client, prefix=prefix, retention=retention, allow_eviction=allow_eviction, on_batch=on_batch)
         ledger._owns_client = True
