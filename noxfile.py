@@ -49,8 +49,9 @@ def otel(session: nox.Session) -> None:
     exporters, over real sends and a real arq worker."""
     session.install(
         "-e", ".[otel,arq,redis,qstash,test]", "opentelemetry-sdk", "opentelemetry-exporter-prometheus",
-        "opentelemetry-instrumentation-aiohttp-client",
+        "opentelemetry-instrumentation-aiohttp-client", "mypy",
     )
+    session.run("mypy", "--strict", "src/idemsend/contrib", "src/idemsend/cli/_metrics.py")  # with the real API's types
     _pytest(session, "tests/contrib")
 
 
