@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from .._errors import ConfigError, MissingExtraError
@@ -48,6 +50,12 @@ def _port(text: str) -> int:
     if value > 65535:
         raise argparse.ArgumentTypeError(f"must be a port number (1-65535), got {text}")
     return value
+
+
+def _port_or_zero(text: str) -> int:
+    if text.strip() == "0":
+        return 0
+    return _port(text)
 
 
 def _seconds(text: str) -> float:
@@ -96,6 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-ledger", action="store_true", help="run without the MemoryLedger")
     demo.add_argument("--seed", type=int, default=None, help="random seed, for a repeatable run")
     demo.add_argument("--quiet", action="store_true", help="no progress output")
+    demo.add_argument(
+        "--metrics-port", type=_port_or_zero, default=None, metavar="N",
+        help="serve the sends' metrics (OpenTelemetryHook) for Prometheus at http://HOST:N/metrics while the demo"
+             " runs (0: a free port; the URL is printed). Needs: pip install 'idemsend[otel]' opentelemetry-sdk"
+             " opentelemetry-exporter-prometheus",
+    )
+    demo.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                      help="the address --metrics-port listens on (0.0.0.0: every interface)")
+    demo.add_argument(
+        "--linger", type=_seconds, default=0.0, metavar="SECONDS",
+        help="with --metrics-port: keep serving the metrics this long after the run, to scrape the final counts"
+             " (Ctrl-C stops early)",
+    )
 
     mock = sub.add_parser(
         "mock-provider", help="serve the MockProvider: the provider contract as a real HTTP server",
@@ -142,15 +163,40 @@ def build_parser() -> argparse.ArgumentParser:
 def _demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
-    report = asyncio.run(
-        run_demo(
-            jobs=args.jobs, dup_rate=args.dup_rate, fault_rate=args.fault_rate,
-            concurrency=args.concurrency, ledger=not args.no_ledger, seed=args.seed,
-            progress=not args.quiet,
+    metrics = None
+    if args.metrics_port is not None:
+        from ._metrics import MissingMetricsPackages, serve_metrics
+
+        try:
+            metrics = serve_metrics(args.metrics_host, args.metrics_port)
+        except MissingMetricsPackages as exc:
+            return _fail(str(exc), 2)
+        except OSError as exc:
+            where = f"{args.metrics_host}:{args.metrics_port}"
+            if exc.errno == errno.EADDRINUSE:
+                return _fail(f"port {args.metrics_port} on {args.metrics_host} is in use: pick another with"
+                             " --metrics-port")
+            return _fail(f"cannot serve metrics on {where}: {exc.strerror or exc}")
+        print(f"serving Prometheus metrics at {metrics.url}", flush=True)
+    try:
+        report = asyncio.run(
+            run_demo(
+                jobs=args.jobs, dup_rate=args.dup_rate, fault_rate=args.fault_rate,
+                concurrency=args.concurrency, ledger=not args.no_ledger, seed=args.seed,
+                progress=not args.quiet, hooks=[metrics.hook] if metrics is not None else [],
+            )
         )
-    )
-    print(report.table())
-    return 0 if report.ok else 1
+        print(report.table(), flush=True)
+        status = 0 if report.ok else 1
+        if metrics is not None and args.linger > 0:
+            print(f"serving the final metrics at {metrics.url} for {args.linger:g} s more (Ctrl-C to stop)",
+                  flush=True)
+            with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends the linger, not the demo's verdict
+                time.sleep(args.linger)
+        return status
+    finally:
+        if metrics is not None:
+            metrics.close()
 
 
 def _mock_provider(args: argparse.Namespace) -> int:
@@ -199,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``idemsend`` command; returns its exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "demo" and args.linger and args.metrics_port is None:
+        parser.error("--linger keeps the metrics served after the run: it needs --metrics-port")
     if args.command == "mock-provider":
         rates = {name: getattr(args, name) for name in _FAULTS}
         if sum(rates.values()) > 1.0 + 1e-9:

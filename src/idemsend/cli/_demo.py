@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .._config import InFlightWait, Limits, RetryPolicy
 from .._engine import Engine
 from .._errors import FatalError, RetryableError
+from .._hooks import Hook
 from .._keys import Job
 from ..ledger import MemoryLedger
 from ..testing._mock import Faults, MockProvider
@@ -98,6 +100,7 @@ async def run_demo(
     ledger: bool = True,
     seed: int | None = None,
     progress: bool = True,
+    hooks: Sequence[Hook] = (),
 ) -> DemoReport:
     if jobs < 1 or not 0 <= dup_rate <= 1 or not 0 <= fault_rate <= 1 or concurrency < 1:
         raise ValueError("jobs and concurrency must be >= 1; dup-rate and fault-rate must be in [0, 1]")
@@ -120,7 +123,7 @@ async def run_demo(
             Engine(
                 provider.emails_url, key="welcome:{user_id}:{job_id}", api_key=provider.api_key,
                 ledger=shared, retry=RetryPolicy(retries=1, backoff=0.01), in_flight=InFlightWait(delay=0.05),
-                limits=Limits(max_in_flight=concurrency),
+                limits=Limits(max_in_flight=concurrency), hooks=hooks,
             )
             for _ in range(2)
         ]
