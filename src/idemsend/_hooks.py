@@ -15,8 +15,9 @@ class PrintHook:
 Engine(url, key=..., hooks=[PrintHook()])
 ```
 
-``idemsend.contrib.otel`` (extra ``[otel]``) is the OpenTelemetry hook. Hook methods must
-not raise and must be quick: they run on the send path. Nothing the engine passes carries
+``idemsend.contrib.otel`` (extra ``[otel]``) is the OpenTelemetry hook. Hook methods should
+be quick (they run on the send path) and should not raise: one that does is logged (WARNING,
+once per hook) and skipped, and the send goes on. Nothing the engine passes carries
 a credential; ``SendInfo.key`` is the idempotency key itself (it may hold user ids: hash
 it before exporting).
 """
@@ -24,10 +25,13 @@ it before exporting).
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, ExitStack
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+from ._log import fields
 
 if TYPE_CHECKING:
     from ._errors import IdemsendError
@@ -131,37 +135,89 @@ class Hook(Protocol):
         ...
 
 
-class _Many:
-    """Several observers heard as one."""
+log = logging.getLogger("idemsend.engine")
+_reported: set[int] = set()  # hooks whose failure was logged at WARNING already (id)
 
-    __slots__ = ("observers",)
 
-    def __init__(self, observers: Sequence[SendObserver]) -> None:
-        self.observers = observers
+def _hook_failed(hook: object, where: str) -> None:
+    """A hook raised: the send goes on. WARNING (with the traceback) the first time per
+    hook, DEBUG after that, so a broken exporter cannot flood the log."""
+    first = id(hook) not in _reported
+    _reported.add(id(hook))
+    log.log(
+        logging.WARNING if first else logging.DEBUG,
+        "idemsend: hook %r raised in %s; the send goes on without it (logged once per hook at WARNING)",
+        hook, where, exc_info=True, extra=fields(code="hook_failed", op=where),
+    )
+
+
+class _Guarded:
+    """Every entered hook's observer heard as one; an observer that raises is logged and
+    skipped, never passed on to the send."""
+
+    __slots__ = ("entered",)
+
+    def __init__(self, entered: Sequence[tuple[Hook, SendObserver]]) -> None:
+        self.entered = entered
 
     def on_try(self, info: TryInfo) -> None:
-        for observer in self.observers:
-            observer.on_try(info)
+        for hook, observer in self.entered:
+            try:
+                observer.on_try(info)
+            except Exception:
+                _hook_failed(hook, "on_try")
 
     def on_wait(self, info: WaitInfo) -> None:
-        for observer in self.observers:
-            observer.on_wait(info)
+        for hook, observer in self.entered:
+            try:
+                observer.on_wait(info)
+            except Exception:
+                _hook_failed(hook, "on_wait")
 
     def on_ledger(self, info: LedgerInfo) -> None:
-        for observer in self.observers:
-            observer.on_ledger(info)
+        for hook, observer in self.entered:
+            try:
+                observer.on_ledger(info)
+            except Exception:
+                _hook_failed(hook, "on_ledger")
 
     def on_outcome(self, info: OutcomeInfo) -> None:
-        for observer in self.observers:
-            observer.on_outcome(info)
+        for hook, observer in self.entered:
+            try:
+                observer.on_outcome(info)
+            except Exception:
+                _hook_failed(hook, "on_outcome")
 
 
 @contextlib.contextmanager
 def send_scope(hooks: Sequence[Hook], info: SendInfo) -> Iterator[SendObserver]:
-    """Enter every hook's scope (in order) and yield one observer for all of them."""
-    if len(hooks) == 1:
-        with hooks[0].send_scope(info) as observer:
-            yield observer
-        return
-    with ExitStack() as stack:
-        yield _Many([stack.enter_context(hook.send_scope(info)) for hook in hooks])
+    """Enter every hook's scope (in order) and yield one observer for all of them.
+
+    A hook must not change a send's fate: one whose ``send_scope`` (entering or exiting it)
+    or observer raises is logged and left out, the send goes on, and the send's own result
+    or error is what the caller gets (a scope's ``__exit__`` cannot swallow it either)."""
+    entered: list[tuple[Hook, AbstractContextManager[SendObserver]]] = []
+    observers: list[tuple[Hook, SendObserver]] = []
+    for hook in hooks:
+        try:
+            scope = hook.send_scope(info)
+            observers.append((hook, scope.__enter__()))
+        except Exception:
+            _hook_failed(hook, "send_scope")
+            continue
+        entered.append((hook, scope))
+    error: BaseException | None = None
+    try:
+        yield _Guarded(observers)
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        for hook, scope in reversed(entered):
+            try:
+                if error is None:
+                    scope.__exit__(None, None, None)
+                else:
+                    scope.__exit__(type(error), error, error.__traceback__)
+            except Exception:
+                _hook_failed(hook, "send_scope exit")
