@@ -52,7 +52,7 @@ def otel(session: nox.Session) -> None:
         "opentelemetry-instrumentation-aiohttp-client", "mypy",
     )
     session.run("mypy", "--strict", "src/idemsend/contrib", "src/idemsend/cli/_metrics.py")  # with the real API's types
-    _pytest(session, "tests/contrib")
+    _pytest(session, "tests/contrib", "tests/unit/test_readme.py")
 
 
 @nox.session(python=PYTHON)
