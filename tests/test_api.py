@@ -49,6 +49,7 @@ def test_py_typed_ships() -> None:
         ("idemsend.adapters.arq", "arq", "arq"),
         ("idemsend.adapters.rq", "rq", "rq"),
         ("idemsend.adapters.qstash", "qstash", "qstash"),
+        ("idemsend.contrib.otel", "otel", "opentelemetry"),
     ],
 )
 def test_missing_extra_names_the_pip_command(module: str, extra: str, blocked: str) -> None:

@@ -777,27 +777,6 @@ asyncio.run(main())
     assert "after set: ['idemsend.send']" in stdout
 
 
-def test_without_opentelemetry_the_import_names_the_extra() -> None:
-    stdout = _run("""
-import sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name == "opentelemetry" or name.startswith("opentelemetry."):
-            raise ImportError("blocked " + name)
-sys.meta_path.insert(0, Block())
-import idemsend, idemsend.contrib  # neither imports OpenTelemetry
-try:
-    import idemsend.contrib.otel
-except ImportError as exc:
-    from idemsend import MissingExtraError
-    assert isinstance(exc, MissingExtraError), type(exc)
-    print(exc)
-else:
-    raise SystemExit("imported without opentelemetry")
-""")
-    assert "pip install 'idemsend[otel]'" in stdout and "opentelemetry-api" in stdout
-
-
 # -- the public front and the docs -------------------------------------------------------------
 
 
