@@ -110,8 +110,13 @@ class AiohttpTransport:
                 request.url, data=request.body, headers=request.headers, allow_redirects=False
             ) as resp:
                 length = resp.content_length
-                if length is not None and length <= self.max_response_bytes:
-                    # the usual answer: its length said up front, read in one call
+                if (
+                    length is not None and length <= self.max_response_bytes
+                    and resp.headers.get("Content-Encoding", "identity").lower() == "identity"
+                ):
+                    # the usual answer: its length said up front and not compressed (a gzip
+                    # Content-Length says nothing of the size aiohttp decompresses it to),
+                    # read in one call
                     return RawResponse(resp.status, resp.headers, await resp.read())
                 chunks: list[bytes] = []
                 size = 0

@@ -1,0 +1,92 @@
+"""AiohttpTransport reads at most ``max_response_bytes`` of an answer, however the answer
+comes: with a Content-Length, chunked, or compressed (a gzip body's Content-Length is its
+compressed size: a small one can decompress to gigabytes). A bigger answer is an unknown
+outcome (TransportError, kind "network"), retried with the same key."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from idemsend import TransportError, TransportRequest
+from idemsend._transport import AiohttpTransport
+
+pytestmark = pytest.mark.anyio
+
+CAP = 64 * 1024
+SMALL = b'{"id":"em_1"}'
+
+
+async def _plain(request: web.Request) -> web.Response:
+    return web.Response(body=b"x" * int(request.query["size"]), content_type="application/json")
+
+
+async def _chunked(request: web.Request) -> web.StreamResponse:
+    resp = web.StreamResponse()
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    left = int(request.query["size"])
+    while left > 0:
+        await resp.write(b"x" * min(left, 8192))
+        left -= 8192
+    await resp.write_eof()
+    return resp
+
+
+async def _gzip(request: web.Request) -> web.Response:
+    raw = SMALL if request.query["size"] == "small" else b"\0" * int(request.query["size"])
+    packed = gzip.compress(raw)
+    return web.Response(body=packed, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[str]:
+    app = web.Application()
+    app.router.add_post("/plain", _plain)
+    app.router.add_post("/chunked", _chunked)
+    app.router.add_post("/gzip", _gzip)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def _post(url: str) -> bytes:
+    transport = AiohttpTransport(timeout=10, max_response_bytes=CAP)
+    await transport.start()
+    try:
+        answer = await transport.post(TransportRequest(url, {"Content-Type": "application/json"}, b"{}"))
+    finally:
+        await transport.aclose()
+    return answer.body
+
+
+@pytest.mark.parametrize("path", ["plain", "chunked"])
+async def test_an_answer_up_to_the_cap_is_read_whole(server: str, path: str) -> None:
+    assert len(await _post(f"{server}/{path}?size={CAP}")) == CAP
+
+
+@pytest.mark.parametrize("path", ["plain", "chunked"])
+async def test_an_answer_over_the_cap_is_an_unknown_outcome(server: str, path: str) -> None:
+    with pytest.raises(TransportError, match=f"over {CAP} bytes") as caught:
+        await _post(f"{server}/{path}?size={CAP + 1}")
+    assert caught.value.kind == "network"
+
+
+async def test_a_small_gzip_answer_is_decompressed(server: str) -> None:
+    assert await _post(f"{server}/gzip?size=small") == SMALL
+
+
+async def test_a_gzip_bomb_with_a_small_content_length_stops_at_the_cap(server: str) -> None:
+    """64 MiB of zeros are about 65 KB of gzip: its Content-Length is near the cap, the body
+    behind it a thousand times the cap."""
+    with pytest.raises(TransportError, match=f"over {CAP} bytes"):
+        await _post(f"{server}/gzip?size={64 * CAP}")
