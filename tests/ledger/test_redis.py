@@ -474,3 +474,51 @@ async def test_inspect_cli_prints_a_record(redis_url: str) -> None:
     )
     _, err = await proc.communicate()
     assert proc.returncode == 1 and b"no record" in err
+
+
+async def test_a_timed_out_call_is_not_sent_again(redis_url: str) -> None:
+    """Only a connection the server closed is retried (once); a call that timed out may
+    still run on the server, and repeating it would double every slow call's wait. Through
+    a proxy that passes the handshake and then swallows every reply, the claim goes out once."""
+    from urllib.parse import urlsplit
+
+    target = urlsplit(redis_url)
+    seen: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(target.hostname, target.port)
+
+        mine: list[bytes] = []  # this connection's commands
+
+        async def upstream() -> None:
+            while data := await reader.read(65536):
+                seen.append(data)
+                mine.append(data)
+                up_writer.write(data)
+                await up_writer.drain()
+
+        async def downstream() -> None:
+            while data := await up_reader.read(65536):
+                if b"EVALSHA" not in b"".join(mine).upper():  # the handshake's answers pass
+                    writer.write(data)
+                    await writer.drain()
+
+        try:
+            await asyncio.gather(upstream(), downstream())
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+            up_writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    ledger = RedisLedger.from_url(f"redis://127.0.0.1:{port}{target.path or '/0'}", socket_timeout=0.5,
+                                  prefix=uuid.uuid4().hex)
+    try:
+        with pytest.raises(LedgerUnavailableError, match="Timeout"):
+            await ledger.claim(key="k", job_id="j", payload=P1, fingerprint=F1, token="t", lease=30)
+        assert b"".join(seen).upper().count(b"EVALSHA") == 1
+    finally:
+        await ledger.aclose()
+        server.close()

@@ -565,12 +565,14 @@ class RedisLedger:
             extra: dict[str, Any] = {"connection_class": _HiredisPackConnection} if _HIREDIS else {}
             # A pooled connection the server closed (a restart) fails its first command when
             # the close was not yet seen (redis-py 6+ no longer probes the socket on checkout):
-            # such a call is sent once more on a new connection. Every ledger operation is
+            # such a call is sent once more on a new connection (a timeout is not: Retry's
+            # default would repeat those too, doubling a slow call). Every ledger operation is
             # safe to repeat: a repeated claim finds its own record and claims it again, a
             # repeated settlement answers "superseded" or "missing" (logged), nothing is sent.
             client = aioredis.Redis.from_url(
                 url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
-                retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError], **extra,
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+                retry_on_error=[RedisConnectionError], **extra,
             )
         ledger = cls(client, prefix=prefix, retention=retention, allow_eviction=allow_eviction, on_batch=on_batch)
         ledger._owns_client = True
