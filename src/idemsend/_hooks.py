@@ -24,6 +24,7 @@ it before exporting).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
@@ -151,6 +152,22 @@ def _hook_failed(hook: object, where: str) -> None:
     )
 
 
+def _hooks_own(exc: BaseException) -> bool:
+    """Whether what a hook raised is its own failure (logged and skipped) rather than
+    something to pass on: KeyboardInterrupt and SystemExit pass, and so does a
+    CancelledError while this task is being cancelled; a CancelledError the hook caught
+    from something of its own (a cancelled future) is the hook's failure."""
+    if isinstance(exc, KeyboardInterrupt | SystemExit):
+        return False
+    if isinstance(exc, asyncio.CancelledError):
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:
+            return False
+        return task is not None and task.cancelling() == 0
+    return True
+
+
 class _Guarded:
     """Every entered hook's observer heard as one; an observer that raises is logged and
     skipped, never passed on to the send."""
@@ -164,28 +181,36 @@ class _Guarded:
         for hook, observer in self.entered:
             try:
                 observer.on_try(info)
-            except Exception:
+            except BaseException as exc:
+                if not _hooks_own(exc):
+                    raise
                 _hook_failed(hook, "on_try")
 
     def on_wait(self, info: WaitInfo) -> None:
         for hook, observer in self.entered:
             try:
                 observer.on_wait(info)
-            except Exception:
+            except BaseException as exc:
+                if not _hooks_own(exc):
+                    raise
                 _hook_failed(hook, "on_wait")
 
     def on_ledger(self, info: LedgerInfo) -> None:
         for hook, observer in self.entered:
             try:
                 observer.on_ledger(info)
-            except Exception:
+            except BaseException as exc:
+                if not _hooks_own(exc):
+                    raise
                 _hook_failed(hook, "on_ledger")
 
     def on_outcome(self, info: OutcomeInfo) -> None:
         for hook, observer in self.entered:
             try:
                 observer.on_outcome(info)
-            except Exception:
+            except BaseException as exc:
+                if not _hooks_own(exc):
+                    raise
                 _hook_failed(hook, "on_outcome")
 
 
@@ -198,26 +223,34 @@ def send_scope(hooks: Sequence[Hook], info: SendInfo) -> Iterator[SendObserver]:
     or error is what the caller gets (a scope's ``__exit__`` cannot swallow it either)."""
     entered: list[tuple[Hook, AbstractContextManager[SendObserver]]] = []
     observers: list[tuple[Hook, SendObserver]] = []
-    for hook in hooks:
-        try:
-            scope = hook.send_scope(info)
-            observers.append((hook, scope.__enter__()))
-        except Exception:
-            _hook_failed(hook, "send_scope")
-            continue
-        entered.append((hook, scope))
     error: BaseException | None = None
     try:
+        for hook in hooks:
+            try:
+                scope = hook.send_scope(info)
+                observers.append((hook, scope.__enter__()))
+            except BaseException as exc:
+                if not _hooks_own(exc):
+                    raise
+                _hook_failed(hook, "send_scope")
+                continue
+            entered.append((hook, scope))
         yield _Guarded(observers)
     except BaseException as exc:
         error = exc
         raise
     finally:
+        passing: BaseException | None = None  # a cancellation or interrupt met while leaving
         for hook, scope in reversed(entered):
             try:
                 if error is None:
                     scope.__exit__(None, None, None)
                 else:
                     scope.__exit__(type(error), error, error.__traceback__)
-            except Exception:
+            except BaseException as exc:
+                if not _hooks_own(exc):
+                    passing = passing or exc
+                    continue
                 _hook_failed(hook, "send_scope exit")
+        if passing is not None and error is None:
+            raise passing

@@ -30,8 +30,10 @@ class Recorder:
     @contextlib.contextmanager
     def send_scope(self, info: SendInfo) -> Iterator[Any]:
         self.events.append("enter")
-        yield self
-        self.events.append("exit")
+        try:
+            yield self
+        finally:
+            self.events.append("exit")
 
     def on_try(self, info: Any) -> None:
         self.events.append(f"try {info.status}")
@@ -124,3 +126,41 @@ async def test_the_sends_own_error_reaches_the_caller_whatever_the_hook_does() -
             with pytest.raises(MismatchError):  # the same key with another body: the provider refuses it
                 await engine.send(Job("j1", {"user_id": "u1"}), {"to": ["b@example.com"]})
         assert provider.sends_for("welcome:u1:j1") == 1
+
+
+async def test_a_cancelled_error_of_the_hooks_own_is_its_failure_not_the_sends() -> None:
+    """A hook that trips over a cancelled future of its own raises CancelledError from
+    on_try; the task is not being cancelled, so the send goes on and is recorded done."""
+    import asyncio
+
+    class Tripping(Recorder):
+        def on_try(self, info: Any) -> None:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            future.cancel()
+            future.result()  # raises CancelledError
+
+    async with MockProvider() as provider:
+        ledger = MemoryLedger()
+        async with Engine(provider.emails_url, key=KEY, api_key=provider.api_key, ledger=ledger,
+                          hooks=[Tripping()]) as engine:
+            result = await engine.send(Job("j1", {"user_id": "u1"}), {"to": ["a@example.com"]})
+        assert result.id is not None and provider.sends_for("welcome:u1:j1") == 1
+        record = await ledger.get("welcome:u1:j1")
+        assert record is not None and record.state == "done"
+
+
+async def test_cancelling_the_send_still_cancels_it_with_a_hook() -> None:
+    """A real cancellation of the sending task passes through the hooks."""
+    import asyncio
+
+    recorder = Recorder()
+    async with MockProvider() as provider:
+        provider.delay("welcome:u1:j1", 2.0)
+        async with Engine(provider.emails_url, key=KEY, api_key=provider.api_key, hooks=[recorder]) as engine:
+            task = asyncio.create_task(engine.send(Job("j1", {"user_id": "u1"}), {"to": ["a@example.com"]}))
+            while provider.stats.requests == 0:
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    assert recorder.events[0] == "enter" and recorder.events[-1] == "exit"

@@ -42,6 +42,7 @@ docs/observability.md lists every span, attribute, event and metric.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
@@ -283,8 +284,12 @@ class OpenTelemetryHook:
 
     def record_ledger_batch(self, size: int) -> None:
         """Record one group-commit batch of ``size`` ledger operations: pass it as a ledger's
-        ``on_batch`` (``RedisLedger.from_url(url, on_batch=hook.record_ledger_batch)``)."""
-        self._batch.record(size)
+        ``on_batch`` (``RedisLedger.from_url(url, on_batch=hook.record_ledger_batch)``).
+        Never raises (a broken meter is logged at DEBUG)."""
+        try:
+            self._batch.record(size)
+        except Exception:
+            log.debug("idemsend: could not record a ledger batch", exc_info=True)
 
     # -- helpers the scope uses ------------------------------------------------------------
 
@@ -364,8 +369,9 @@ class _Send:
             except Exception:
                 tracing = False
         if tracing:
+            span: trace.Span | None = None
             try:
-                span: trace.Span = hook._tracer.start_span(
+                span = hook._tracer.start_span(
                     _SPAN_NAME, kind=SpanKind.INTERNAL, attributes=self._start_attributes()
                 )
                 # Current even when sampled out, so the HTTP client spans follow its decision.
@@ -374,6 +380,9 @@ class _Send:
                     self._span = span
             except Exception:  # a hook must never break a send
                 log.debug("idemsend: could not start the send span", exc_info=True)
+                if span is not None and self._span is None:  # started, then attach failed: end it
+                    with contextlib.suppress(Exception):
+                        span.end()
         return self
 
     def __exit__(
