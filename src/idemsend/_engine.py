@@ -326,7 +326,7 @@ class Engine:
         except BaseException as exc:
             if flight.future is not None:
                 flight.future.set_exception(
-                    RetryableError(f"the send of key {key!r} was interrupted: {exc!r}", key=key)
+                    RetryableError(f"the send of key {key!r} was interrupted ({type(exc).__name__})", key=key)
                 )
             raise
         else:
