@@ -21,7 +21,7 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,8 +59,21 @@ class ChaosReport:
     seconds: float = 0.0
     violations: list[str] = field(default_factory=list)
 
-    def check(self, sent_keys: Counter[str], expected_keys: set[str]) -> None:
+    def check(
+        self, sent_keys: Counter[str], expected_keys: set[str], ended: Mapping[str, str] | None = None
+    ) -> None:
+        """The verdict. ``ended``: each terminal job's key and state ("sent", or a fatal
+        state), checked one by one: a job its queue called sent was sent exactly once, and
+        a job its queue called fatal was not sent twice (the totals alone could pair a
+        "sent" job that never went out with a "fatal" one that did)."""
         self.provider_sends = sum(sent_keys[k] for k in expected_keys)
+        if ended is not None:
+            wrong = sorted(k for k, state in ended.items() if state == "sent" and sent_keys[k] != 1)
+            if wrong:
+                self.violations.append(
+                    f"{len(wrong)} jobs reported sent but not sent exactly once at the provider"
+                    f" (e.g. {wrong[0]!r}: {sent_keys[wrong[0]]})"
+                )
         self.double_sends = sum(n - 1 for n in sent_keys.values() if n > 1)
         self.lost = sum(1 for k in expected_keys if sent_keys[k] == 0) - sum(self.fatal.values())
         if self.double_sends:
@@ -190,7 +203,11 @@ async def _run_queue(
             report.sent = sum(1 for t in ended if t.state == "sent")
             report.fatal = dict(Counter(_reason(t) for t in ended if t.state != "sent"))
             report.not_terminal = jobs - len(ended)
-            report.check(provider.sends_by_key, {job.key for job in tally.jobs})
+            key_of = {job.id: job.key for job in tally.jobs}
+            report.check(
+                provider.sends_by_key, set(key_of.values()),
+                {key_of[job_id]: t.state for job_id, t in tally.states.items() if t is not None},
+            )
     finally:
         redis.cleanup()
     report.seconds = time.monotonic() - start

@@ -97,3 +97,9 @@ def test_chaos_verdict_catches_violations() -> None:
     fatal = ChaosReport(queue="x", jobs=5, sent=4, fatal={"IDEMPOTENCY_MISMATCH": 1})
     fatal.check(Counter({k: 1 for k in keys if k != "k4"}), keys)
     assert fatal.violations == []  # a fatal job with its reason is terminal, not lost
+
+    # the totals balance (one send, one fatal) but the job called sent never went out and
+    # the one called fatal did: only the per-key check sees it
+    swapped = ChaosReport(queue="x", jobs=2, sent=1, fatal={"IDEMPOTENCY_MISMATCH": 1})
+    swapped.check(Counter({"k1": 1}), {"k0", "k1"}, {"k0": "sent", "k1": "fatal"})
+    assert swapped.violations and "reported sent but not sent exactly once" in swapped.violations[0]
