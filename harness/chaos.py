@@ -47,6 +47,7 @@ class ChaosReport:
     kills: int = 0
     redis_restarts: int = 0
     ledger_restarts: int = 0
+    ledger_done: int | None = None  # done records in a PostgreSQL ledger at the end (None: not Postgres)
     worker_restarts: int = 0
     provider_requests: int = 0
     provider_sends: int = 0
@@ -95,6 +96,7 @@ def table(reports: list[ChaosReport]) -> str:
         ("worker restarts (kills and crashes)", lambda r: r.worker_restarts),
         ("Redis restarts", lambda r: r.redis_restarts),
         ("ledger PostgreSQL crashes (SIGKILL, restart)", lambda r: r.ledger_restarts),
+        ("done records in the PostgreSQL ledger", lambda r: "—" if r.ledger_done is None else r.ledger_done),
         ("faults injected", lambda r: ", ".join(f"{k} {v}" for k, v in sorted(r.faults.items()))),
         ("provider requests", lambda r: r.provider_requests), ("provider sends", lambda r: r.provider_sends),
         ("double sends", lambda r: r.double_sends), ("jobs sent", lambda r: r.sent),
@@ -193,6 +195,7 @@ async def _run_queue(
                                          progress=progress, timeout=timeout, pg=pg)
                 finally:
                     await driver.stop()
+                report.ledger_done = await tables.done_records()
             finally:
                 await tables.drop()
             report.duplicates = report.deliveries - jobs
@@ -219,6 +222,19 @@ class _Tables:
 
     def __init__(self, url: str | None = None, table: str | None = None) -> None:
         self.url, self.table = url, table
+
+    async def done_records(self) -> int | None:
+        """How many done records the ledger's table holds (proof the workers used it)."""
+        if self.url is None or self.table is None:
+            return None
+        import asyncpg
+
+        conn = await asyncpg.connect(self.url.split("?", 1)[0])
+        try:
+            count: int = await conn.fetchval(f"SELECT count(*) FROM \"{self.table}\" WHERE state = 'done'")
+            return count
+        finally:
+            await conn.close()
 
     async def drop(self) -> None:
         if self.url is None or self.table is None:
