@@ -177,41 +177,26 @@ class _Guarded:
     def __init__(self, entered: Sequence[tuple[Hook, SendObserver]]) -> None:
         self.entered = entered
 
-    def on_try(self, info: TryInfo) -> None:
+    def _tell(self, event: str, info: object) -> None:
         for hook, observer in self.entered:
             try:
-                observer.on_try(info)
+                getattr(observer, event)(info)
             except BaseException as exc:
                 if not _hooks_own(exc):
                     raise
-                _hook_failed(hook, "on_try")
+                _hook_failed(hook, event)
+
+    def on_try(self, info: TryInfo) -> None:
+        self._tell("on_try", info)
 
     def on_wait(self, info: WaitInfo) -> None:
-        for hook, observer in self.entered:
-            try:
-                observer.on_wait(info)
-            except BaseException as exc:
-                if not _hooks_own(exc):
-                    raise
-                _hook_failed(hook, "on_wait")
+        self._tell("on_wait", info)
 
     def on_ledger(self, info: LedgerInfo) -> None:
-        for hook, observer in self.entered:
-            try:
-                observer.on_ledger(info)
-            except BaseException as exc:
-                if not _hooks_own(exc):
-                    raise
-                _hook_failed(hook, "on_ledger")
+        self._tell("on_ledger", info)
 
     def on_outcome(self, info: OutcomeInfo) -> None:
-        for hook, observer in self.entered:
-            try:
-                observer.on_outcome(info)
-            except BaseException as exc:
-                if not _hooks_own(exc):
-                    raise
-                _hook_failed(hook, "on_outcome")
+        self._tell("on_outcome", info)
 
 
 @contextlib.contextmanager
