@@ -13,6 +13,7 @@ from ._errors import (
     FatalError,
     IdemsendError,
     InvalidBodyError,
+    InvalidJobIdError,
     KeyDerivationError,
     MismatchError,
     MissingExtraError,
@@ -22,11 +23,12 @@ from ._errors import (
     UnstableKeyError,
 )
 from ._hooks import Hook, LedgerInfo, OutcomeInfo, SendInfo, SendObserver, TryInfo, WaitInfo
-from ._keys import Job, KeyDeriver, Template, validate_key
+from ._keys import MAX_JOB_ID_BYTES, Job, KeyDeriver, Template, validate_job_id, validate_key
 from ._result import SendResult
 from ._transport import AiohttpTransport, RawResponse, Transport, TransportError, TransportRequest
 
 __all__ = [
+    "MAX_JOB_ID_BYTES",
     "AiohttpTransport",
     "ConfigError",
     "Engine",
@@ -35,6 +37,7 @@ __all__ = [
     "IdemsendError",
     "InFlightWait",
     "InvalidBodyError",
+    "InvalidJobIdError",
     "Job",
     "KeyDerivationError",
     "KeyDeriver",
@@ -59,6 +62,7 @@ __all__ = [
     "TryInfo",
     "UnstableKeyError",
     "WaitInfo",
+    "validate_job_id",
     "validate_key",
 ]
 

@@ -5,6 +5,7 @@ IdemsendError
 ├── RetryableError(retry_after)      run the job again later (the queue's retry)
 ├── FatalError(code)                 never retry this job
 │   ├── KeyDerivationError           the key could not be derived or is invalid
+│   │   └── InvalidJobIdError        the job id is empty, too long or not storable text
 │   ├── UnstableKeyError             a retry derived a different key for the same job
 │   ├── StaleReplayError             unknown outcome older than the provider window
 │   ├── MismatchError                same key, different body (IDEMPOTENCY_MISMATCH)
@@ -26,6 +27,7 @@ __all__ = [
     "FatalError",
     "IdemsendError",
     "InvalidBodyError",
+    "InvalidJobIdError",
     "KeyDerivationError",
     "MismatchError",
     "MissingExtraError",
@@ -101,6 +103,13 @@ class KeyDerivationError(FatalError):
     """The key template could not be filled, or the key is not a valid key."""
 
     default_code = "KEY_DERIVATION"
+
+
+class InvalidJobIdError(KeyDerivationError):
+    """The job id cannot be stored by every ledger: empty, over ``MAX_JOB_ID_BYTES``
+    UTF-8 bytes, holding a NUL or a lone surrogate. Fails that job alone."""
+
+    default_code = "INVALID_JOB_ID"
 
 
 class UnstableKeyError(FatalError):

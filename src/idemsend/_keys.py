@@ -14,11 +14,22 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
-from ._errors import ConfigError, KeyDerivationError
+from ._errors import ConfigError, InvalidJobIdError, KeyDerivationError
 
-__all__ = ["DEFAULT_MAX_KEY_LENGTH", "Job", "KeyDeriver", "Template", "validate_key"]
+__all__ = [
+    "DEFAULT_MAX_KEY_LENGTH",
+    "MAX_JOB_ID_BYTES",
+    "Job",
+    "KeyDeriver",
+    "Template",
+    "validate_job_id",
+    "validate_key",
+]
 
 DEFAULT_MAX_KEY_LENGTH = 255
+#: The longest job id, in UTF-8 bytes, that every ledger can store and index (a
+#: Postgres btree entry holds at most 2,704 bytes; queue ids are 36-byte UUIDs or less).
+MAX_JOB_ID_BYTES = 1024
 _VISIBLE_ASCII = re.compile(r"[!-~]+")
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 # Placeholders that change on every retry: a template using them would make a new key
@@ -38,8 +49,36 @@ class Job:
     data: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.id, str) or not self.id:
-            raise KeyDerivationError(f"Job.id must be a non-empty string, got {self.id!r}")
+        validate_job_id(self.id)
+
+
+def validate_job_id(job_id: object) -> str:
+    """Return ``job_id`` if every ledger can store it, else raise InvalidJobIdError.
+
+    One rule for every ledger: a non-empty ``str`` that encodes as UTF-8 (no lone
+    surrogates), holds no NUL (Postgres text cannot), and is at most
+    ``MAX_JOB_ID_BYTES`` UTF-8 bytes. ``Job`` applies it at construction, so a bad id
+    fails its own job with a clear error before anything is batched or sent.
+    """
+    if not isinstance(job_id, str) or not job_id:
+        raise InvalidJobIdError(f"Job.id must be a non-empty string, got {job_id!r}")
+    try:
+        size = len(job_id.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidJobIdError(
+            f"Job.id is not valid Unicode text: {job_id[exc.start]!r} at {exc.start} is a lone"
+            f" surrogate, which no ledger can store (job id {job_id[:40]!r})"
+        ) from None
+    if "\x00" in job_id:
+        raise InvalidJobIdError(
+            f"Job.id holds a NUL character at {job_id.index(chr(0))}, which no ledger can store"
+            f" (job id {job_id[:40]!r})"
+        )
+    if size > MAX_JOB_ID_BYTES:
+        raise InvalidJobIdError(
+            f"Job.id is {size} UTF-8 bytes, over the limit of {MAX_JOB_ID_BYTES}: {job_id[:40]!r}…"
+        )
+    return job_id
 
 
 @runtime_checkable

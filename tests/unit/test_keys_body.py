@@ -2,7 +2,18 @@ from __future__ import annotations
 
 import pytest
 
-from idemsend import ConfigError, InvalidBodyError, Job, KeyDerivationError, KeyDeriver, Template, validate_key
+from idemsend import (
+    MAX_JOB_ID_BYTES,
+    ConfigError,
+    InvalidBodyError,
+    InvalidJobIdError,
+    Job,
+    KeyDerivationError,
+    KeyDeriver,
+    Template,
+    validate_job_id,
+    validate_key,
+)
 from idemsend._body import canonical_body, fingerprint
 
 
@@ -39,6 +50,29 @@ def test_job_needs_a_string_id() -> None:
     with pytest.raises(KeyDerivationError):
         Job(123)  # type: ignore[arg-type]
     assert Job("x").data == {}
+
+
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [
+        ("job-\udc80", "lone surrogate"),
+        ("a\x00b", "NUL"),
+        ("x" * (MAX_JOB_ID_BYTES + 1), f"{MAX_JOB_ID_BYTES + 1} UTF-8 bytes"),
+        ("\u20ac" * (MAX_JOB_ID_BYTES // 3 + 1), "UTF-8 bytes, over the limit"),
+    ],
+)
+def test_a_job_id_no_ledger_can_store_fails_at_construction(bad: str, named: str) -> None:
+    """Job applies validate_job_id: the error names the problem and is a KeyDerivationError
+    (a FatalError with its own code), so the job stops alone before any ledger call."""
+    with pytest.raises(InvalidJobIdError, match=named) as caught:
+        Job(bad)
+    assert isinstance(caught.value, KeyDerivationError) and caught.value.code == "INVALID_JOB_ID"
+    assert len(str(caught.value)) < 200  # a long id is cut in the message, never echoed whole
+
+
+def test_job_ids_every_ledger_can_store_are_accepted() -> None:
+    for good in ("x" * MAX_JOB_ID_BYTES, "\u00e9" * (MAX_JOB_ID_BYTES // 2), "\U0001f600-emoji", "ü:1"):
+        assert validate_job_id(good) == good and Job(good).id == good
 
 
 def test_job_is_frozen_and_has_no_attempt() -> None:

@@ -216,6 +216,8 @@ class Ledger(Protocol):
         """Take the send of ``key`` for ``job_id``, holding it ``lease`` seconds under ``token``.
 
         ``payload`` is the body this attempt would send and ``fingerprint`` its hash.
+        A ``job_id`` that ``validate_job_id`` refuses raises ``InvalidJobIdError`` before
+        anything is written or batched (the same rule on every ledger).
         Answers, checked in this order:
 
         * ``Unstable(recorded_key)``: ``job_id`` was first recorded with another key;

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._errors import ConfigError
+from .._keys import validate_job_id
 from .._log import fields
 from ._base import (
     DEFAULT_PROVIDER_WINDOW,
@@ -287,6 +288,7 @@ class MemoryLedger:
         self, *, key: str, job_id: str, payload: bytes, fingerprint: str, token: str, lease: float
     ) -> ClaimResult:
         """See ``Ledger.claim``."""
+        validate_job_id(job_id)  # one rule for every ledger, before anything is batched
         now = self.clock()
         self._expire(now)
         recorded = self._recorded_key(job_id, now)

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .._errors import ConfigError, MissingExtraError
+from .._keys import validate_job_id
 from .._log import fields
 from .._redact import safe_url
 from ._base import (
@@ -891,6 +892,7 @@ class PostgresLedger:
         self, *, key: str, job_id: str, payload: bytes, fingerprint: str, token: str, lease: float
     ) -> ClaimResult:
         """See ``Ledger.claim``. One statement (shared with the claims queued meanwhile)."""
+        validate_job_id(job_id)  # one rule for every ledger, before anything is batched
         result: ClaimResult = await self._call(
             "claim", key, _clean(job_id), bytes(payload), _clean(fingerprint), _clean(token), float(lease)
         )

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import ConfigError, MissingExtraError
+from .._keys import validate_job_id
 from .._log import fields
 from ._base import (
     DEFAULT_RETENTION,
@@ -747,6 +748,7 @@ class RedisLedger:
         self, *, key: str, job_id: str, payload: bytes, fingerprint: str, token: str, lease: float
     ) -> ClaimResult:
         """See ``Ledger.claim``. One operation (plain Redis) or two in one batch (Cluster)."""
+        validate_job_id(job_id)  # one rule for every ledger, before anything is batched
         rec = f"{self.prefix}:rec:{{{key}}}"
         job, fp = job_id.encode(), fingerprint.encode()
         blob = b"".join((_own(token), _L(len(job)), job, _L(len(fp)), fp, payload, _D(lease * 1000.0)))

@@ -64,8 +64,8 @@ import pytest
 from .._body import canonical_body, fingerprint
 from .._config import Provider, RetryPolicy
 from .._engine import Engine
-from .._errors import FatalError, MismatchError, RetryableError, StaleReplayError, UnstableKeyError
-from .._keys import Job
+from .._errors import FatalError, InvalidJobIdError, MismatchError, RetryableError, StaleReplayError, UnstableKeyError
+from .._keys import MAX_JOB_ID_BYTES, Job
 from ..ledger._base import Busy, Claimed, Conflict, Done, Failed, Ledger, LedgerUnavailableError, Unstable
 from ._mock import MockProvider
 
@@ -192,6 +192,34 @@ class LedgerContract:
         assert await ledger.release(key="k", token="tok-a", forget=True) == "superseded"
         record = await ledger.get("k")
         assert record is not None and record.state == "done" and record.response == {"id": "em_1", "status": 200}
+
+    @pytest.mark.anyio
+    @pytest.mark.parametrize(
+        ("bad_id", "named"),
+        [
+            ("", "non-empty"),
+            ("job-\ud800", "lone surrogate"),
+            ("job\x00id", "NUL"),
+            ("j" * (MAX_JOB_ID_BYTES + 1), "over the limit"),
+            ("\u00e9" * (MAX_JOB_ID_BYTES // 2 + 1), "UTF-8 bytes, over the limit"),
+        ],
+        ids=["empty", "lone-surrogate", "nul", "too-long", "too-long-in-utf8"],
+    )
+    async def test_a_job_id_no_ledger_can_store_is_refused_alone(
+        self, ledger: Ledger, bad_id: str, named: str
+    ) -> None:
+        """One rule for every ledger: a job id that ``validate_job_id`` refuses raises
+        ``InvalidJobIdError`` naming the problem, writes nothing, and a claim made at the
+        same moment (same batch, on a group-commit ledger) still succeeds."""
+        bad, good = await asyncio.gather(
+            ledger.claim(key="bad", job_id=bad_id, payload=P1, fingerprint=F1, token="tok-a", lease=30),
+            ledger.claim(key="good", job_id="j1", payload=P1, fingerprint=F1, token="tok-b", lease=30),
+            return_exceptions=True,
+        )
+        assert isinstance(bad, InvalidJobIdError) and bad.code == "INVALID_JOB_ID", bad
+        assert isinstance(good, Claimed) and good.fresh, good
+        assert named in str(bad), str(bad)
+        assert await ledger.get("bad") is None
 
     @pytest.mark.anyio
     async def test_in_flight_record_as_get_shows_it(self, ledger: Ledger) -> None:
