@@ -77,7 +77,10 @@ class Engine:
     * ``in_flight``: an ``InFlightWait``: how long to wait on a key the provider (or another
       worker) is processing.
     * ``limits``: ``Limits(max_in_flight=100, rate=None)``.
-    * ``timeout``: seconds per HTTP request (10).
+    * ``timeout``: seconds per HTTP request (10), for the default transport. A
+      ``transport`` brings its own: its ``timeout`` attribute, where it has one, is the
+      engine's ``timeout`` (``worst_case_send_time`` is sized from it), and a different
+      explicit ``timeout=`` beside it is a ``ConfigError``.
     * ``ledger``: a ``Ledger`` (``MemoryLedger``, ``RedisLedger``) to record sends past the
       provider's window; ``lease``: seconds a claim holds a key while its send runs (30,
       renewed while it runs).
@@ -97,7 +100,7 @@ class Engine:
         retry: RetryPolicy | int | None = None,
         in_flight: InFlightWait | None = None,
         limits: Limits | None = None,
-        timeout: float = 10.0,
+        timeout: float | None = None,
         ledger: Ledger | None = None,
         lease: float = DEFAULT_LEASE,
         hooks: Hook | Sequence[Hook] = (),
@@ -123,7 +126,7 @@ class Engine:
             raise ConfigError(f"in_flight must be an idemsend.InFlightWait, got {self.in_flight!r}")
         if not isinstance(self.limits, Limits):
             raise ConfigError(f"limits must be an idemsend.Limits, got {self.limits!r}")
-        check_number("timeout", timeout, minimum=0, exclusive=True)
+        timeout = _request_timeout(timeout, transport)
         check_number("lease", lease, minimum=0.1)
         if ledger is not None and not isinstance(ledger, Ledger):
             raise ConfigError(f"ledger must implement idemsend.ledger.Ledger, got {ledger!r}")
@@ -363,6 +366,28 @@ class _Flight:
         self.fp = fp
         self.job_id = job_id
         self.future: asyncio.Future[SendResult] | None = None
+
+
+DEFAULT_TIMEOUT = 10.0
+
+
+def _request_timeout(timeout: float | None, transport: object) -> float:
+    """The seconds one HTTP request can take: the transport's own ``timeout`` when it has
+    one (an explicit, different ``timeout=`` beside it is refused, since only one of them
+    can be in force), else ``timeout`` (default 10 s)."""
+    if timeout is not None:
+        check_number("timeout", timeout, minimum=0, exclusive=True)
+    own = getattr(transport, "timeout", None) if transport is not None else None
+    if own is None:
+        return DEFAULT_TIMEOUT if timeout is None else float(timeout)
+    if isinstance(own, bool) or not isinstance(own, int | float) or not 0 < own < float("inf"):
+        raise ConfigError(f"transport.timeout must be a positive number of seconds, got {own!r}")
+    if timeout is not None and float(timeout) != float(own):
+        raise ConfigError(
+            f"timeout={timeout:g} is the default transport's; the transport given has its own timeout"
+            f" ({own:g}s), which is the one in force: set it there and drop timeout="
+        )
+    return float(own)
 
 
 def _provider(value: Provider | ResultClassifier | None) -> Provider:

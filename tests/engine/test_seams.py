@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from idemsend import (
+    AiohttpTransport,
     ConfigError,
     Engine,
     InFlightWait,
@@ -173,3 +174,25 @@ def test_the_worst_case_send_time_covers_every_budget() -> None:
     # 4 quick tries and up to 41 IN_FLIGHT tries at 10 s each, 10 s of IN_FLIGHT waits, 6 s of backoff
     assert e.worst_case_send_time() == (4 + 41) * 10 + 10 + 6
     assert with_ledger.worst_case_send_time() == e.worst_case_send_time() + 10  # the wait on a busy lease
+
+
+def test_the_worst_case_send_time_follows_the_transports_own_timeout() -> None:
+    """Issue 18 item 5: a transport's timeout is the one in force, so the budget (and the
+    SQS heartbeat, the BullMQ lock check, the Celery visibility advice sized from it)
+    follows it: 60 s per try gives about 2,716 s, not the 466 s of the default 10 s."""
+    default = Engine(URL, key=KEY)
+    slow = Engine(URL, key=KEY, transport=AiohttpTransport(timeout=60))
+    assert slow.timeout == 60 and default.timeout == 10
+    tries = default.retry.retries + 1 + default.in_flight.budgeted().max_tries()
+    assert slow.worst_case_send_time() == default.worst_case_send_time() + tries * 50
+    assert 2700 < slow.worst_case_send_time() < 2730
+    # the same timeout given twice is fine; two different ones cannot both be in force
+    assert Engine(URL, key=KEY, timeout=60, transport=AiohttpTransport(timeout=60)).timeout == 60
+    with pytest.raises(ConfigError, match=r"timeout=5 .* own timeout \(60s\)"):
+        Engine(URL, key=KEY, timeout=5, transport=AiohttpTransport(timeout=60))
+    # a transport without a timeout attribute is bounded by the engine's timeout=
+    assert Engine(URL, key=KEY, timeout=7, transport=MockTransport(_never_called)).timeout == 7
+
+
+async def _never_called(request: TransportRequest) -> RawResponse:
+    raise AssertionError("not sent")
