@@ -37,7 +37,7 @@ from ._errors import (
 )
 from ._hooks import LedgerInfo, SendObserver, WaitInfo
 from ._keys import Job
-from ._log import fields
+from ._log import fields, key_ref
 from ._redact import Redactor
 from ._result import SendResult
 from .ledger._base import Busy, Claimed, Conflict, Done, Failed, Ledger, LedgerUnavailableError, SettleResult, Unstable
@@ -277,28 +277,30 @@ class LedgerGuard:
         except LedgerUnavailableError as exc:
             if observer is not None:
                 observer.on_ledger(LedgerInfo(op, time.monotonic() - started, "unavailable"))
-            log.warning("idemsend: could not %s key %s in the ledger: %s", op, key, self._redact.text(str(exc)),
-                        extra=fields(key, code="unavailable", op=op))
+            log.warning(
+                "idemsend: could not %s %s in the ledger: %s", op, key_ref(key),
+                self._redact.text(_unkeyed(str(exc), key)), extra=fields(key, code="unavailable", op=op),
+            )
             return None
         if observer is not None:
             observer.on_ledger(LedgerInfo(op, time.monotonic() - started, str(result)))
         if result == "recreated":
             log.warning(
-                "idemsend: key %s was sent, but its ledger record had vanished (the store restarted without"
+                "idemsend: %s was sent, but its ledger record had vanished (the store restarted without"
                 " persistence, or evicted it); the completed send is recorded again",
-                key, extra=fields(key, code="recreated", op=op),
+                key_ref(key), extra=fields(key, code="recreated", op=op),
             )
         elif result == "missing":
             log.warning(
-                "idemsend: could not %s key %s: its ledger record had vanished (the store restarted without"
+                "idemsend: could not %s %s: its ledger record had vanished (the store restarted without"
                 " persistence, or evicted it)",
-                op, key, extra=fields(key, code="missing", op=op),
+                op, key_ref(key), extra=fields(key, code="missing", op=op),
             )
         elif result == "superseded":
             log.warning(
-                "idemsend: could not %s key %s: the record is no longer this worker's (its lease ran out and"
+                "idemsend: could not %s %s: the record is no longer this worker's (its lease ran out and"
                 " another worker claimed it, or it was settled meanwhile)",
-                op, key, extra=fields(key, code="superseded", op=op),
+                op, key_ref(key), extra=fields(key, code="superseded", op=op),
             )
         return result
 
@@ -315,3 +317,8 @@ def _from_record(job: Job, key: str, fp: str, record: Mapping[str, Any]) -> Send
         job_id=job.id,
         from_ledger=True,
     )
+
+
+def _unkeyed(text: str, key: str) -> str:
+    """``text`` (a store's error) with the raw key named by its ``key_ref`` instead."""
+    return text.replace(key, key_ref(key)) if key else text

@@ -7,6 +7,11 @@ Fields (all optional, prefixed so they never clash with ``LogRecord``'s own attr
 ``idemsend_op`` (a ledger operation). Loggers, one per part: ``idemsend.engine``,
 ``idemsend.ledger``, ``idemsend.adapters.<queue>``. Nothing is logged at INFO or above on
 the happy path.
+
+No message logged at WARNING or above holds a raw key (keys may hold user ids): it names
+the key by ``key_ref(key)``: ``key#`` and the same hash as ``idemsend_key_hash`` (the
+first 16 hex characters of the SHA-256 of the key's UTF-8), so a record can be matched to
+a key you hold. DEBUG messages may hold the raw key.
 """
 
 from __future__ import annotations
@@ -14,12 +19,17 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-__all__ = ["fields", "key_hash"]
+__all__ = ["fields", "key_hash", "key_ref"]
 
 
 def key_hash(key: str) -> str:
     """A short, stable, non-reversible name for an idempotency key."""
     return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def key_ref(key: str) -> str:
+    """How a WARNING-or-above message names a key: ``key#`` and its ``key_hash``."""
+    return f"key#{key_hash(key)}"
 
 
 def fields(

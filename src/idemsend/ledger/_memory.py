@@ -13,7 +13,7 @@ from typing import Any
 
 from .._errors import ConfigError
 from .._keys import validate_job_id
-from .._log import fields
+from .._log import fields, key_ref
 from ._base import (
     DEFAULT_PROVIDER_WINDOW,
     DEFAULT_RETENTION,
@@ -217,10 +217,10 @@ class MemoryLedger:
             if now - self._last_abandoned_warning >= WARN_INTERVAL:
                 log.warning(
                     "idemsend: MemoryLedger is full (max_records=%d), holds no completed record, and evicted %d"
-                    " abandoned in-flight record(s) (lease run out, outcome unknown), e.g. key %s: a redelivery"
+                    " abandoned in-flight record(s) (lease run out, outcome unknown), e.g. %s: a redelivery"
                     " of such a job is sent as new, without the frozen body and the stale-replay check, so one"
                     " arriving after the provider's window could send twice. Raise max_records, or use RedisLedger.",
-                    self.max_records, self._unwarned_abandoned, key,
+                    self.max_records, self._unwarned_abandoned, key_ref(key),
                     extra=fields(key, code="evicted_in_flight", op="evict"),
                 )
                 self._unwarned_abandoned = 0
@@ -229,10 +229,10 @@ class MemoryLedger:
         if rec.state == "fatal" and rec.code in UNSAFE_TO_CLEAR:
             # a stale unknown outcome or a mismatch: the job must not simply run again
             log.warning(
-                "idemsend: MemoryLedger is full (max_records=%d) and evicted the %s record of key %s: a new"
+                "idemsend: MemoryLedger is full (max_records=%d) and evicted the %s record of %s: a new"
                 " delivery of its job is no longer stopped and may send again. Raise max_records, or use"
                 " RedisLedger.",
-                self.max_records, rec.code, key, extra=fields(key, code=rec.code, op="evict"),
+                self.max_records, rec.code, key_ref(key), extra=fields(key, code=rec.code, op="evict"),
             )
             return
         if rec.state != "done" or now - rec.first_sent_at >= self.provider_window:
@@ -242,10 +242,10 @@ class MemoryLedger:
         if now - self._last_evict_warning >= WARN_INTERVAL:
             log.warning(
                 "idemsend: MemoryLedger is full (max_records=%d) and evicted %d done record(s) sent less than"
-                " the provider window (%gh) ago, e.g. key %s: their protection past the provider window is"
+                " the provider window (%gh) ago, e.g. %s: their protection past the provider window is"
                 " lost (a replay of such a job after the provider has forgotten its key is sent again)."
                 " Raise max_records, or use RedisLedger.",
-                self.max_records, self._unwarned_in_window, self.provider_window / 3600, key,
+                self.max_records, self._unwarned_in_window, self.provider_window / 3600, key_ref(key),
                 extra=fields(key, code="evicted_in_window", op="evict"),
             )
             self._unwarned_in_window = 0
