@@ -19,7 +19,7 @@ from typing import Any
 
 from ._classify import MAX_RETRY_AFTER, Fatal, HTTPResponse, InFlight, Outcome, ResultClassifier, Retry, Sent
 from ._config import InFlightWait, Limits, RetryPolicy
-from ._errors import RetryableError, fatal_error
+from ._errors import MISMATCH, RetryableError, fatal_error
 from ._hooks import SendObserver, TryInfo, WaitInfo
 from ._keys import Job
 from ._limits import RateLimiter
@@ -42,27 +42,40 @@ def finite_delay(value: float | None) -> float | None:
 
 class Tries:
     """What one attempt's HTTP tries did: how many, whether any may have reached the
-    provider and run (anything but a refused connection, a 429 or a 4xx setup error), and
+    provider and run (anything but a refused connection, a 429 or a 4xx refusal), and
     how many bytes the last answer's body had (what a done record may keep of it). A fresh
     claim whose tries provably ran nothing is forgotten on release, so its first-sent time
-    does not start the stale clock."""
+    does not start the stale clock.
 
-    __slots__ = ("body_size", "count", "maybe_sent")
+    ``earlier`` is what the engine knows of the job's earlier deliveries: True when one
+    may have run (a ledger record left in flight; without a ledger, any queue attempt
+    after the first). ``may_have_run`` joins both: what every error raised says."""
 
-    def __init__(self) -> None:
+    __slots__ = ("body_size", "count", "earlier", "maybe_sent")
+
+    def __init__(self, *, earlier: bool = False) -> None:
         self.count = 0
         self.maybe_sent = False
+        self.earlier = earlier
         self.body_size = 0
+
+    @property
+    def may_have_run(self) -> bool:
+        """Whether a request for the key may have run: in these tries or an earlier delivery."""
+        return self.maybe_sent or self.earlier
 
 
 def _not_run(outcome: Outcome, status: int) -> bool:
-    """The provider says it did not run this request: a 429, or a setup error (401, 403,
-    407, 404, 405). Not a 3xx (a 303 See Other is how some APIs answer a POST they ran),
-    and not an IN_FLIGHT 409: that proves the key is live at the provider, so the record
-    that may be all that stands between a later replay and a double send must stay."""
+    """The provider says it did not run this request: a 429, a setup error (401, 403, 407,
+    404, 405) or a 4xx refusal of the job (a validation error). Not a 3xx (a 303 See Other
+    is how some APIs answer a POST they ran), not a mismatch (the key ran with another
+    body), and not an IN_FLIGHT 409: that proves the key is live at the provider, so the
+    record that may be all that stands between a later replay and a double send must stay."""
     if isinstance(outcome, Retry):
         return status == 429
-    return isinstance(outcome, Fatal) and outcome.scope == "engine" and not 300 <= status < 400
+    if not isinstance(outcome, Fatal) or 300 <= status < 400:
+        return False
+    return outcome.scope == "engine" or (400 <= status < 500 and outcome.code != MISMATCH)
 
 
 class Attempts:
@@ -118,14 +131,16 @@ class Attempts:
                 )
             if isinstance(outcome, Fatal):
                 raise fatal_error(
-                    outcome.code, self._redact.text(outcome.message), key, setup=outcome.scope == "engine"
+                    outcome.code, self._redact.text(outcome.message), key, setup=outcome.scope == "engine",
+                    maybe_sent=tries.may_have_run,
                 )
             if isinstance(outcome, InFlight):
                 delay = budget.next()
                 if delay is None:
                     raise RetryableError(
-                        f"key {key!r} stayed in flight at the provider for {budget.waited:.1f}s",
-                        retry_after=self.in_flight.delay, key=key, reason="in_flight",
+                        f"key {key!r} may have been sent: it stayed in flight at the provider for"
+                        f" {budget.waited:.1f}s; retry later with the same job",
+                        retry_after=self.in_flight.delay, key=key, reason="in_flight", maybe_sent=True,
                     )
                 if observer is not None:
                     observer.on_wait(WaitInfo("in_flight", delay, "IDEMPOTENCY_IN_FLIGHT"))
@@ -141,8 +156,9 @@ class Attempts:
                 # retry_after is the provider's ask only; without one, the queue's own
                 # backoff decides, so retries spread over an outage instead of bunching.
                 raise RetryableError(
-                    f"key {key!r} not sent yet after {tries.count} tries ({reason}); retry later with the same job",
-                    retry_after=after, key=key, reason=reason,
+                    f"key {key!r} {_sent_state(tries)} after {tries.count} tries ({reason}); retry later with"
+                    " the same job",
+                    retry_after=after, key=key, reason=reason, maybe_sent=tries.may_have_run,
                 )
             if observer is not None:
                 observer.on_wait(WaitInfo("backoff", delay, reason))
@@ -184,6 +200,15 @@ class Attempts:
         if _not_run(outcome, response.status):
             tries.maybe_sent = earlier
         return outcome, response.status, data
+
+
+def _sent_state(tries: Tries) -> str:
+    """How a retryable error's text states what ran: never "not sent" when it may have."""
+    if tries.maybe_sent:
+        return "may have been sent: no final answer"
+    if tries.earlier:
+        return "may have been sent by an earlier call or delivery: no final answer"
+    return "not sent yet"
 
 
 _scan: Any = make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # the stub names the wrong type

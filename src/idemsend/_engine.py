@@ -328,9 +328,10 @@ class Engine:
             raise
         except BaseException as exc:
             if flight.future is not None:
-                flight.future.set_exception(
-                    RetryableError(f"the send of key {key!r} was interrupted ({type(exc).__name__})", key=key)
-                )
+                flight.future.set_exception(RetryableError(
+                    f"the send of key {key!r} was interrupted ({type(exc).__name__}): it may have been sent",
+                    key=key, reason="interrupted", maybe_sent=True,
+                ))
             raise
         else:
             if flight.future is not None:
@@ -350,10 +351,13 @@ class Engine:
         async def deliver(payload: bytes, fp: str, tries: Tries) -> SendResult:
             return await attempts.deliver(job, key, payload, fp, attempt=attempt, tries=tries, observer=observer)
 
+        # Without a ledger, an earlier delivery may have run unless the queue says this is
+        # its first (the error of a job whose answer was lost then says "may have been sent").
+        earlier = attempt is None or attempt > 1
         if self._guard is None:
-            return await deliver(payload, fp, Tries())
+            return await deliver(payload, fp, Tries(earlier=earlier))
         token = f"{self._token_prefix}{next(self._token_seq)}"
-        return await self._guard.send(job, key, payload, fp, token, deliver, observer)
+        return await self._guard.send(job, key, payload, fp, token, deliver, observer, earlier=earlier)
 
 
 class _Flight:

@@ -17,6 +17,13 @@ IdemsendError
 
 Third-party errors (aiohttp, redis, arq, rq, qstash) are translated where they are
 caught and chained with ``from``. No error text ever contains the API key.
+
+Every error says whether the job **may have been sent** (``error.maybe_sent``): True
+when a request for its key may have reached the provider and run, in this call or in an
+earlier delivery the engine knows of (a ledger record left in flight, a queue attempt
+after the first), whatever the last answer was; False only when nothing can have run.
+Its text says so too, so a queue that records ``str(error)`` never reports a job unsent
+that may have been sent.
 """
 
 from __future__ import annotations
@@ -51,10 +58,15 @@ def _restore(cls: type[IdemsendError], args: tuple[object, ...], state: dict[str
 class IdemsendError(Exception):
     """Base class of every error idemsend raises on purpose."""
 
-    def __init__(self, message: str, *, key: str | None = None) -> None:
+    #: Whether a request for this job's key may have run at the provider (see the module
+    #: docstring). False for errors raised before any request could leave.
+    maybe_sent: bool = False
+
+    def __init__(self, message: str, *, key: str | None = None, maybe_sent: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.key = key
+        self.maybe_sent = maybe_sent
 
     def __reduce__(self) -> tuple[object, ...]:
         # Queues pickle job errors (arq stores them as results): keep code, retry_after...
@@ -76,8 +88,9 @@ class RetryableError(IdemsendError):
         retry_after: float | None = None,
         key: str | None = None,
         reason: str = "retryable",
+        maybe_sent: bool = False,
     ) -> None:
-        super().__init__(message, key=key)
+        super().__init__(message, key=key, maybe_sent=maybe_sent)
         self.retry_after = retry_after
         self.reason = reason
 
@@ -92,9 +105,10 @@ class FatalError(IdemsendError):
     default_code = "FATAL"
 
     def __init__(
-        self, message: str, *, code: str | None = None, key: str | None = None, detail: str | None = None
+        self, message: str, *, code: str | None = None, key: str | None = None, detail: str | None = None,
+        maybe_sent: bool = False,
     ) -> None:
-        super().__init__(message, key=key)
+        super().__init__(message, key=key, maybe_sent=maybe_sent)
         self.code = code or self.default_code
         self.detail = message if detail is None else detail
 
@@ -122,7 +136,8 @@ class UnstableKeyError(FatalError):
     default_code = "UNSTABLE_KEY"
 
     def __init__(self, message: str, *, key: str, recorded_key: str) -> None:
-        super().__init__(message, key=key)
+        # the job was first recorded under another key: a send under that key may have run
+        super().__init__(message, key=key, maybe_sent=True)
         self.recorded_key = recorded_key
 
 
@@ -136,7 +151,7 @@ class StaleReplayError(FatalError):
     default_code = "STALE_REPLAY"
 
     def __init__(self, message: str, *, key: str, first_sent_at: float) -> None:
-        super().__init__(message, key=key)
+        super().__init__(message, key=key, maybe_sent=True)  # an unknown outcome, by definition
         self.first_sent_at = first_sent_at
 
 
@@ -179,14 +194,30 @@ class MissingExtraError(ImportError):
         self.extra = extra
 
 
+#: What a fatal error's detail ends with when a request for the key may have run before
+#: the fatal answer (kept in the ledger's fatal record, so a replay of it says so too).
+MAY_HAVE_RUN = "an earlier try may have run at the provider: the job may have been sent"
+
+
+def with_sent_note(detail: str, maybe_sent: bool) -> str:
+    """``detail``, ending with ``MAY_HAVE_RUN`` when ``maybe_sent`` (once)."""
+    if not maybe_sent or detail.endswith(MAY_HAVE_RUN):
+        return detail
+    return f"{detail}; {MAY_HAVE_RUN}"
+
+
 def fatal_error(
-    code: str, detail: str, key: str, *, setup: bool = False, recorded: bool = False
+    code: str, detail: str, key: str, *, setup: bool = False, recorded: bool = False, maybe_sent: bool = False
 ) -> FatalError:
     """The error for a fatal outcome of ``key``; ``detail`` is the bare reason (what the
     ledger keeps), ``setup`` makes it a ``SetupError``, ``recorded`` says it was answered
-    from the ledger."""
+    from the ledger, ``maybe_sent`` that a request for the key may have run before (the
+    detail then says so). A recorded detail that says so, a recorded mismatch (the key
+    ran with another body) and a recorded stale replay are ``maybe_sent`` too."""
+    maybe_sent = maybe_sent or code in (MISMATCH, StaleReplayError.default_code) or detail.endswith(MAY_HAVE_RUN)
+    detail = with_sent_note(detail, maybe_sent and code not in (MISMATCH, StaleReplayError.default_code))
     where = " (recorded in the ledger)" if recorded else ""
     if code == MISMATCH:
-        return MismatchError(f"{detail} (key {key!r}){where}", key=key, detail=detail)
+        return MismatchError(f"{detail} (key {key!r}){where}", key=key, detail=detail, maybe_sent=True)
     cls = SetupError if setup else FatalError
-    return cls(f"{code}: {detail} (key {key!r}){where}", code=code, key=key, detail=detail)
+    return cls(f"{code}: {detail} (key {key!r}){where}", code=code, key=key, detail=detail, maybe_sent=maybe_sent)

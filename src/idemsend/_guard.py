@@ -148,9 +148,13 @@ class LedgerGuard:
 
     async def send(
         self, job: Job, key: str, payload: bytes, fp: str, token: str, deliver: Deliver,
-        observer: SendObserver | None,
+        observer: SendObserver | None, *, earlier: bool = True,
     ) -> SendResult:
-        """Claim ``key``, then answer from the ledger or run ``deliver`` and settle."""
+        """Claim ``key``, then answer from the ledger or run ``deliver`` and settle.
+
+        ``earlier`` is whether an earlier delivery may have run, as far as the engine can
+        tell without the ledger: what an error says when the ledger cannot answer. Once
+        the claim answers, the ledger knows better (a resumed record may have run)."""
         ledger = self.ledger
         if not self._started:
             try:
@@ -161,14 +165,14 @@ class LedgerGuard:
                 log.error("idemsend: the ledger refuses to run: %s", exc,
                           extra=fields(key, job_id=job.id, outcome="retryable", code="ledger_config", op="start"))
                 raise RetryableError(
-                    f"the ledger's store is unfit, nothing was sent for key {key!r}: {exc}",
-                    key=key, reason="ledger_config",
+                    f"the ledger's store is unfit, nothing was sent by this call for key {key!r}: {exc}",
+                    key=key, reason="ledger_config", maybe_sent=earlier,
                 ) from exc
         budget = self.in_flight.budgeted()
         while True:
             claim = await self._call(key, "claim", ledger.claim(
                 key=key, job_id=job.id, payload=payload, fingerprint=fp, token=token, lease=self.lease
-            ), observer)
+            ), observer, earlier=earlier)
             if isinstance(claim, Claimed):
                 break
             if isinstance(claim, Done):
@@ -195,8 +199,8 @@ class LedgerGuard:
             delay = budget.next(hint=claim.retry_after)
             if delay is None:
                 raise RetryableError(
-                    f"key {key!r} is being sent by another worker",
-                    retry_after=finite_delay(claim.retry_after), key=key, reason="busy",
+                    f"key {key!r} may have been sent: another worker is sending it",
+                    retry_after=finite_delay(claim.retry_after), key=key, reason="busy", maybe_sent=True,
                 )
             if observer is not None:
                 observer.on_wait(WaitInfo("busy", delay, "another worker holds the lease"))
@@ -209,7 +213,7 @@ class LedgerGuard:
             log_drift(job.id, claim.fingerprint, fp, key)
             payload, fp = claim.payload, claim.fingerprint
         self.leases.hold(key, token)
-        tries = Tries()
+        tries = Tries(earlier=not claim.fresh)
         try:
             result = await deliver(payload, fp, tries)
         except SetupError:
@@ -219,6 +223,8 @@ class LedgerGuard:
             await self._settle(key, "release", ledger.release(key=key, token=token, forget=forget), observer)
             raise
         except FatalError as exc:
+            # exc.detail says whether the key may have run: the record keeps it, so a replay
+            # of this fatal says the same
             await self._settle(key, "fail", ledger.fail(key=key, token=token, code=exc.code, message=exc.detail),
                                observer)
             raise
@@ -247,8 +253,11 @@ class LedgerGuard:
         await self._call(key, "fail", self.ledger.fail(key=key, token=token, code=err.code, message=detail), observer)
         raise err
 
-    async def _call(self, key: str, op: str, call: Awaitable[T], observer: SendObserver | None) -> T:
-        """A ledger call before the send: an unreachable ledger means nothing is sent."""
+    async def _call(
+        self, key: str, op: str, call: Awaitable[T], observer: SendObserver | None, *, earlier: bool = True
+    ) -> T:
+        """A ledger call before the send: an unreachable ledger means this call sends nothing
+        (``earlier``: whether an earlier delivery may have, as far as the engine knows)."""
         started = time.monotonic() if observer is not None else 0.0
         try:
             result = await call
@@ -257,9 +266,12 @@ class LedgerGuard:
                 observer.on_ledger(LedgerInfo(op, time.monotonic() - started, "unavailable"))
             # No retry_after: the queue's own backoff spreads the retries over the outage.
             raise RetryableError(
-                f"the ledger is unreachable, nothing was sent for key {key!r}: {self._redact.text(str(exc))}",
+                f"the ledger is unreachable, nothing was sent by this call for key {key!r}"
+                f"{' (an earlier call or delivery may have sent it)' if earlier else ''}:"
+                f" {self._redact.text(str(exc))}",
                 key=key,
                 reason="ledger",
+                maybe_sent=earlier,
             ) from exc
         if observer is not None:
             kind = _claim_kind(result) if op == "claim" else "ok"

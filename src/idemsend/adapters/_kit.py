@@ -20,6 +20,10 @@ Every adapter is a short translation of :data:`JobOutcome` into its queue's term
                            queue records the real reason, not "max retries exceeded".
 =========================  ============================================================
 
+``outcome.maybe_sent`` (``GiveUp`` and ``RetryIn``) is the error's: True when a request
+for the job's key may have run at the provider, whatever the last answer said. An
+adapter's outcome record says it, and never reports such a job "not sent".
+
 Anything else ``Engine.send`` raises (``ConfigError`` for an engine that was not started,
 a bug) propagates: the queue's own failure handling applies.
 """
@@ -120,6 +124,11 @@ class RetryIn:
     delay: float
     error: RetryableError
 
+    @property
+    def maybe_sent(self) -> bool:
+        """Whether a request for the job's key may already have run (``error.maybe_sent``)."""
+        return self.error.maybe_sent
+
 
 @dataclass(frozen=True, slots=True)
 class GiveUp:
@@ -128,6 +137,12 @@ class GiveUp:
 
     error: IdemsendError
     retryable: bool
+
+    @property
+    def maybe_sent(self) -> bool:
+        """Whether a request for the job's key may have run at the provider
+        (``error.maybe_sent``): a job given up on is then *not* known to be unsent."""
+        return self.error.maybe_sent
 
     @property
     def code(self) -> str:
