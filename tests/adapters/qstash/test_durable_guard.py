@@ -185,10 +185,15 @@ async def test_a_handler_without_a_durable_guard_is_refused(ledger: MemoryLedger
         _handler(engine)
     # an engine factory: refused when the app starts, before the engine is started
     made: list[Engine] = []
-    handler = _handler(lambda: made.append(engine) or engine)
+
+    def factory() -> Engine:
+        made.append(engine)
+        return engine
+
+    handler = _handler(factory)
     with pytest.raises(ConfigError, match="no durable replay guard"):
         await handler.engine()
-    assert made and engine.ledger is ledger
+    assert made and repr(engine).endswith("not started>")  # refused before the engine was started
     # the explicit choices that need no durable store
     assert isinstance(_handler(engine, replay_guard=InMemoryReplayGuard()).replay_guard, InMemoryReplayGuard)
     assert _handler(engine, job_id_from="body").replay_guard is None
@@ -209,3 +214,51 @@ async def test_the_volatile_default_warns_at_start(caplog: pytest.LogCaptureFixt
         await explicit.engine()
     assert not caplog.records  # chosen explicitly: no warning
     await engine.aclose()
+
+
+# -- the PostgreSQL guard's table -----------------------------------------------------------------
+
+
+@pytest.fixture
+async def pg_guard(qstash_postgres_url: str) -> AsyncIterator[Any]:
+    """A PostgresReplayGuard over its own pool, a table of this test's own."""
+    guard = qstash.PostgresReplayGuard.from_url(
+        qstash_postgres_url, table=f"t_{time.time_ns()}_jti", create_table=True, sweep_interval=0
+    )
+    await guard.start()
+    try:
+        yield guard
+    finally:
+        async with (await guard._pool()).acquire() as con:
+            await con.execute(f"DROP TABLE IF EXISTS {guard._t}")
+        await guard.aclose()
+
+
+@pytest.mark.postgres
+async def test_an_expired_token_row_is_not_answered_and_is_swept(pg_guard: Any) -> None:
+    async with (await pg_guard._pool()).acquire() as con:
+        await con.executemany(
+            f"INSERT INTO {pg_guard._t} (jti, message_id, expires_at) VALUES ($1, $2, now() - interval '1 hour')",
+            [(f"old-{i}", "msg_old") for i in range(7)],
+        )
+    exp = time.time() + 300
+    # an expired row is not a memory of the token: the new caller takes it
+    assert await pg_guard.remember("old-0", "msg_new", exp) == "msg_new"
+    assert await pg_guard.remember("old-0", "msg_other", exp) == "msg_new"
+    pg_guard.sweep_batch = 2
+    assert await pg_guard.sweep() == 6  # in batches of 2; the live row stays
+    async with (await pg_guard._pool()).acquire() as con:
+        assert await con.fetchval(f"SELECT array_agg(jti) FROM {pg_guard._t}") == ["old-0"]
+
+
+@pytest.mark.postgres
+async def test_a_missing_guard_table_is_a_config_error_quoting_the_sql(qstash_postgres_url: str) -> None:
+    guard = qstash.PostgresReplayGuard.from_url(qstash_postgres_url, table="t_never_made_jti")
+    try:
+        with pytest.raises(ConfigError, match=r"(?s)does not exist.*CREATE TABLE IF NOT EXISTS \"t_never_made_jti\""):
+            await guard.start()
+    finally:
+        await guard.aclose()
+    assert qstash.guard_schema_sql("s.x").startswith('CREATE TABLE IF NOT EXISTS "s"."x"')
+    with pytest.raises(ConfigError, match="invalid replay guard table name"):
+        qstash.PostgresReplayGuard(table='x"; DROP TABLE y; --')
