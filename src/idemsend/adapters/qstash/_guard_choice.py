@@ -1,5 +1,6 @@
-"""Which replay guard a ``QStashHandler`` uses when it is not given one: a pure decision
-(it makes guard objects, but does no I/O).
+"""Which replay guard a ``QStashHandler`` uses when it is not given one (a pure decision:
+it makes guard objects, but does no I/O), and ``GuardSlot``, the guard over the handler's
+life (chosen, started, asked, closed).
 
 * ``job_id_from="body"``: none is needed (a replay is the same job).
 * the engine's ledger keeps its records in Redis or PostgreSQL: a guard in that store
@@ -15,13 +16,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from dataclasses import dataclass
 from typing import Any
 
 from ..._errors import ConfigError
+from .._webhook import Response, error_response
 from ._guards import InMemoryReplayGuard, RedisReplayGuard, SignatureReplayGuard
+from ._message import short
 
 __all__ = ["GuardChoice", "GuardSlot", "choose_replay_guard", "durable_guard_for"]
 
@@ -122,6 +126,36 @@ class GuardSlot:
                 " Upstash-Message-Id; safe only for one process never restarted within a token's lifetime"
             )
         self.ready = True
+
+    async def check(self, jti: str, job_id: str, expires_at: float, *, timeout: float) -> Response | None:
+        """None when the delivery may go on, else the answer: 401 ``REPLAYED_SIGNATURE``
+        (``jti`` came first with another job id), 503 ``REPLAY_GUARD_UNAVAILABLE`` (the
+        guard failed, took over ``timeout`` seconds, or is not ready: it fails closed)."""
+        guard = self.guard
+        if guard is None:
+            if self.job_id_from == "header" or not self.ready:  # never fail open
+                return error_response(503, "REPLAY_GUARD_UNAVAILABLE", "the replay guard is not ready; nothing sent")
+            return None
+        try:
+            async with asyncio.timeout(timeout):
+                first = await guard.remember(jti, job_id, expires_at)
+        except Exception as exc:  # fail closed: without the guard's answer a replay cannot be ruled out
+            log.warning("idemsend: qstash replay guard unavailable, refusing the delivery: %r", exc)
+            return error_response(
+                503, "REPLAY_GUARD_UNAVAILABLE",
+                f"the replay guard could not answer ({type(exc).__name__}); nothing was sent",
+                None,  # no Retry-After: QStash's own backoff spreads the retries over the outage
+            )
+        if first != job_id:
+            log.warning(
+                "idemsend: qstash token %s replayed: it first came with job %s, now with %s; refused",
+                jti, short(first), short(job_id),
+            )
+            return error_response(
+                401, "REPLAYED_SIGNATURE",
+                "this signature was already used for another message id; a signature is good for one message",
+            )
+        return None
 
     async def aclose(self) -> None:
         """Close a guard the handler made; a later ``start`` chooses again."""

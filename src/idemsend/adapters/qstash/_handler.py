@@ -301,33 +301,6 @@ class QStashHandler:
         assert isinstance(job_id, str)
         return job_id
 
-    async def _guard(self, jti: str, job_id: str, expires_at: float) -> Response | None:
-        guard = self.replay_guard
-        if guard is None:
-            if self.job_id_from == "header" or not self._guards.ready:  # never fail open
-                return error_response(503, "REPLAY_GUARD_UNAVAILABLE", "the replay guard is not ready; nothing sent")
-            return None
-        try:
-            async with asyncio.timeout(self.guard_timeout):
-                first = await guard.remember(jti, job_id, expires_at)
-        except Exception as exc:  # fail closed: without the guard's answer a replay cannot be ruled out
-            log.warning("idemsend: qstash replay guard unavailable, refusing the delivery: %r", exc)
-            return error_response(
-                503, "REPLAY_GUARD_UNAVAILABLE",
-                f"the replay guard could not answer ({type(exc).__name__}); nothing was sent",
-                None,  # no Retry-After: QStash's own backoff spreads the retries over the outage
-            )
-        if first != job_id:
-            log.warning(
-                "idemsend: qstash token %s replayed: it first came with job %s, now with %s; refused",
-                jti, short(first), short(job_id),
-            )
-            return _unauthorized(
-                "REPLAYED_SIGNATURE",
-                "this signature was already used for another message id; a signature is good for one message",
-            )
-        return None
-
     async def handle(self, raw_body: bytes, headers: Mapping[str, str], url: str | None = None) -> Response:
         """Verify and send one delivery; ``(status, headers, body)`` to answer with.
 
@@ -351,8 +324,9 @@ class QStashHandler:
         if not isinstance(job_id, str):
             return job_id
         engine = await self.engine()  # makes the engine and readies the guard on first use
-        refused = await self._guard(
-            claims["jti"], job_id, float(claims["exp"]) + self.clock_tolerance + CLOCK_SKEW_MARGIN
+        refused = await self._guards.check(
+            claims["jti"], job_id, float(claims["exp"]) + self.clock_tolerance + CLOCK_SKEW_MARGIN,
+            timeout=self.guard_timeout,
         )
         if refused is not None:
             return refused
