@@ -51,7 +51,8 @@ async def webhook() -> AsyncIterator[Webhook]:
         url = f"http://127.0.0.1:{port}/hook"
         engine = Engine(provider.emails_url, key="welcome:{user_id}:{job_id}", api_key=provider.api_key)
         handler = QStashHandler(
-            lambda: engine, current_signing_key=CURRENT, next_signing_key=NEXT, url=url, max_body=256 * 1024
+            lambda: engine, current_signing_key=CURRENT, next_signing_key=NEXT, url=url, max_body=256 * 1024,
+            allow_volatile_replay_guard=True,  # one process here; the durable guards: test_durable_guard.py
         )
         runner = web.AppRunner(handler.aiohttp_app("/hook"))
         await runner.setup()
@@ -183,7 +184,10 @@ async def test_a_body_in_many_tcp_segments_is_read_whole() -> None:
         port = free_port()
         url = f"http://127.0.0.1:{port}/hook"
         engine = Engine(provider.emails_url, key="welcome:{user_id}:{job_id}", api_key=provider.api_key)
-        handler = QStashHandler(lambda: engine, current_signing_key=CURRENT, next_signing_key=NEXT, url=url)
+        handler = QStashHandler(
+            lambda: engine, current_signing_key=CURRENT, next_signing_key=NEXT, url=url,
+            allow_volatile_replay_guard=True,
+        )
         runner = web.AppRunner(handler.aiohttp_app("/hook"))
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -229,7 +233,9 @@ async def test_asgi_lifespan_starts_the_engine_or_reports_why_not() -> None:
         made.append(Engine("http://127.0.0.1:9/api/v1/emails", key="k:{job_id}", api_key="x"))
         return made[-1]
 
-    good = QStashHandler(factory, current_signing_key=CURRENT, next_signing_key=NEXT, url=HOOK)
+    good = QStashHandler(
+        factory, current_signing_key=CURRENT, next_signing_key=NEXT, url=HOOK, allow_volatile_replay_guard=True
+    )
     sent = await lifespan(good)
     assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert len(made) == 1  # started at startup, closed at shutdown
@@ -254,6 +260,7 @@ async def serving(handler: QStashHandler, port: int) -> AsyncIterator[None]:
 
 def handler_for(provider: MockProvider, url: str, **kw: Any) -> QStashHandler:
     engine = Engine(provider.emails_url, key="welcome:{user_id}:{job_id}", api_key=provider.api_key)
+    kw.setdefault("allow_volatile_replay_guard", True)  # no ledger: one process, not restarted
     return QStashHandler(lambda: engine, current_signing_key=CURRENT, next_signing_key=NEXT, url=url, **kw)
 
 
@@ -708,7 +715,10 @@ async def test_a_hostile_retry_after_is_clamped(after: float | None, expected: i
     url = f"http://127.0.0.1:{port}/hook"
     async with MockProvider() as provider:
         engine = _AlwaysRetry(provider.emails_url, after)
-        handler = QStashHandler(lambda: engine, current_signing_key=CURRENT, next_signing_key=NEXT, url=url)
+        handler = QStashHandler(
+            lambda: engine, current_signing_key=CURRENT, next_signing_key=NEXT, url=url,
+            allow_volatile_replay_guard=True,
+        )
         async with serving(handler, port):
             d = await QStashDeliverer(url, signing_key=CURRENT, retries=0).deliver(MESSAGE, message_id="msg_after")
     assert d.last.status == 503, d.last.body

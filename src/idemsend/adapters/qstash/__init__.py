@@ -1,8 +1,10 @@
 """QStash webhook adapter (``pip install 'idemsend[qstash]'``).
 
 Modules: ``_handler`` (``QStashHandler``: checks, then one try through the adapter kit),
-``_guards`` (the replay guards), ``_message`` (reading a verified message); the aiohttp and
-ASGI glue is the adapters' shared ``_webhook``. Import everything from here.
+``_guards`` (the guard protocol, the in-memory and Redis guards), ``_pg_guard`` (the
+PostgreSQL guard), ``_guard_choice`` (which guard a handler uses when not given one),
+``_message`` (reading a verified message); the aiohttp and ASGI glue is the adapters'
+shared ``_webhook``. Import everything from here.
 
 A framework-neutral handler, ``QStashHandler.handle(raw_body, headers, url)`` ->
 ``(status, headers, body)``, with an aiohttp route and an ASGI app on top, so it mounts
@@ -10,8 +12,8 @@ in aiohttp, Starlette or FastAPI:
 
 ```python
 handler = QStashHandler(engine, current_signing_key=..., next_signing_key=...,
-                        url="https://example.com/qstash/welcome",      # required
-                        replay_guard=RedisReplayGuard.from_url("redis://..."))
+                        url="https://example.com/qstash/welcome")      # required
+# the replay guard lives in the engine's ledger's store (Redis or PostgreSQL)
 app.router.add_post("/qstash/welcome", handler.aiohttp_handler)        # aiohttp
 app.mount("/qstash/welcome", handler.asgi_app())                        # Starlette / FastAPI
 ```
@@ -47,10 +49,15 @@ message id, and each fresh id would be a new job, so a new send. Two defences, p
   (``exp`` + ``clock_tolerance``). The same ``jti`` under another message id is refused
   (401 ``REPLAYED_SIGNATURE``, nothing sent); the same ``jti`` with the same message id
   passes (a duplicate delivery, which the engine de-duplicates). The memory must be
-  shared by every webhook process to be a defence: use ``RedisReplayGuard`` when more
-  than one process serves the endpoint (the default, ``InMemoryReplayGuard``, covers
-  one process only). If the guard cannot answer, the handler fails closed: 503 with
-  ``Retry-After``, nothing sent.
+  shared by every webhook process and outlive a restart to be a defence. Without
+  ``replay_guard=`` it is kept in the engine's ledger's store: ``RedisReplayGuard`` on a
+  ``RedisLedger``'s client (Cluster too), ``PostgresReplayGuard`` in a table beside a
+  ``PostgresLedger``'s. With any other ledger (``MemoryLedger``, none) the handler is
+  refused (``ConfigError``) unless ``allow_volatile_replay_guard=True`` (or an explicit
+  ``replay_guard=InMemoryReplayGuard()``) says one process serves the endpoint and is
+  never restarted within a token's lifetime; that default logs a WARNING at start. If
+  the guard cannot answer, the handler fails closed: 503 without ``Retry-After``,
+  nothing sent.
 * ``job_id_from="body"``: the job id is read from the signed body (``job_id=``, by
   default its ``"job_id"`` field), so the header is not trusted at all and a replay is
   the same job, which the engine de-duplicates. The producer must put a stable id in the
@@ -68,6 +75,7 @@ key template, ``body`` is what is sent. Pass ``parse=`` to read another shape.
 
 from ..._classify import MAX_RETRY_AFTER
 from .._webhook import Response
+from ._guard_choice import durable_guard_for
 from ._guards import (
     JTI_KEY_PREFIX,
     InMemoryReplayGuard,
@@ -85,8 +93,10 @@ from ._message import (
     default_parse,
     retry_after_seconds,
 )
+from ._pg_guard import DEFAULT_GUARD_TABLE, PostgresReplayGuard, guard_schema_sql
 
 __all__ = [
+    "DEFAULT_GUARD_TABLE",
     "DEFAULT_MAX_BODY",
     "DEFAULT_MAX_DEPTH",
     "DEFAULT_MAX_TOKEN_LIFETIME",
@@ -97,6 +107,7 @@ __all__ = [
     "InMemoryReplayGuard",
     "JobIdFrom",
     "Parse",
+    "PostgresReplayGuard",
     "QStashHandler",
     "RedisReplayGuard",
     "ReplayGuardUnavailable",
@@ -104,5 +115,7 @@ __all__ = [
     "SignatureReplayGuard",
     "default_job_id",
     "default_parse",
+    "durable_guard_for",
+    "guard_schema_sql",
     "retry_after_seconds",
 ]

@@ -3,8 +3,10 @@
 QStash's signature does not cover the headers, so a captured delivery can be replayed
 within its token's lifetime under a fresh ``Upstash-Message-Id`` (a new job, so a new
 send). A guard refuses the same ``jti`` under another message id. It must be shared by
-every process serving the endpoint to be a defence: ``RedisReplayGuard`` for many
-processes, ``InMemoryReplayGuard`` for one. See ``docs/qstash-security.md``.
+every process serving the endpoint, and outlive a restart, to be a defence:
+``RedisReplayGuard`` here, ``PostgresReplayGuard`` in ``_pg_guard``; ``InMemoryReplayGuard``
+only for one process that is never restarted within a token's lifetime. See
+``docs/qstash-security.md``.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ JTI_KEY_PREFIX = "idemsend:qstash:jti:"
 
 
 class ReplayGuardUnavailable(IdemsendError):
-    """A replay guard could not answer (its store is unreachable or full). The handler
-    fails closed on it: 503 (no ``Retry-After``), nothing sent."""
+    """A replay guard could not answer (its store is unreachable, full or missing its
+    table). The handler fails closed on it: 503 (no ``Retry-After``), nothing sent."""
 
 
 @runtime_checkable
@@ -111,8 +113,9 @@ class RedisReplayGuard:
     One Lua script, atomically: ``SET <prefix><jti> <message_id> NX PX <ms to expiry>``,
     then ``GET`` when the key was already there. The expiry is computed on this host's
     clock (the one that judged the token valid), at least 1 ms. ``redis`` is a
-    ``redis.asyncio`` client (``Redis`` or ``RedisCluster``); ``from_url`` makes one.
-    ``redis`` is imported only there, so the ``qstash`` extra does not need it.
+    ``redis.asyncio`` client (``Redis`` or ``RedisCluster``: one key per call, so any slot
+    serves it); ``from_url`` makes one, ``for_ledger`` shares a ``RedisLedger``'s.
+    ``redis`` is imported only in ``from_url``, so the ``qstash`` extra does not need it.
     """
 
     def __init__(self, redis: Any, *, prefix: str = JTI_KEY_PREFIX, clock: Callable[[], float] = time.time) -> None:
@@ -137,6 +140,14 @@ class RedisReplayGuard:
         guard = cls(aioredis.Redis.from_url(url, **redis_kwargs), prefix=prefix)
         guard._owned = True
         return guard
+
+    @classmethod
+    def for_ledger(cls, ledger: Any) -> RedisReplayGuard:
+        """A guard on the client of ``ledger`` (a ``RedisLedger``: its public ``client`` and
+        ``prefix``), keys ``<prefix>:qstash:jti:<jti>``; the client stays the ledger's (not
+        closed by ``aclose``). What the ledger demands of its server (no eviction) then
+        holds for the guard's keys too."""
+        return cls(ledger.client, prefix=f"{ledger.prefix}:qstash:jti:")
 
     def __repr__(self) -> str:
         return f"<RedisReplayGuard prefix={self.prefix!r}>"

@@ -32,7 +32,8 @@ from .._webhook import (
     json_response,
     read_aiohttp_body,
 )
-from ._guards import InMemoryReplayGuard, SignatureReplayGuard
+from ._guard_choice import GuardSlot
+from ._guards import SignatureReplayGuard
 from ._message import (
     DEFAULT_MAX_DEPTH,
     VISIBLE_ASCII,
@@ -107,9 +108,14 @@ class QStashHandler:
 
     ``url`` is the public endpoint URL QStash calls, checked against the token's ``sub``
     (required unless ``url_from_request=True``, which trusts the request's ``Host``).
-    ``job_id_from`` is ``"header"`` (``Upstash-Message-Id``, guarded by ``replay_guard``,
-    an ``InMemoryReplayGuard`` when not given) or ``"body"`` (``job_id(payload)`` reads
-    it from the signed JSON; ``replay_guard`` is then optional). See the package docstring.
+    ``job_id_from`` is ``"header"`` (``Upstash-Message-Id``, guarded by ``replay_guard``)
+    or ``"body"`` (``job_id(payload)`` reads it from the signed JSON; ``replay_guard`` is
+    then optional). Without ``replay_guard`` in header mode, the guard lives in the
+    engine's ledger's store (Redis or PostgreSQL), so it outlives a restart; with any
+    other ledger (or none) the handler refuses to be made (``ConfigError``; with an
+    engine factory, when the engine is made at start) unless
+    ``allow_volatile_replay_guard=True``: one process, never restarted within a token's
+    lifetime, guarded in its memory (a WARNING at start). See the package docstring.
     """
 
     def __init__(
@@ -126,6 +132,7 @@ class QStashHandler:
         job_id_from: Literal["header", "body"] = "header",
         job_id: JobIdFrom = default_job_id,
         replay_guard: SignatureReplayGuard | None = None,
+        allow_volatile_replay_guard: bool = False,
         guard_timeout: float = 5.0,
         max_token_lifetime: float = DEFAULT_MAX_TOKEN_LIFETIME,
         max_depth: int = DEFAULT_MAX_DEPTH,
@@ -171,26 +178,43 @@ class QStashHandler:
         self.job_id_from = job_id_from
         self.job_id = job_id
         self.guard_timeout = guard_timeout
-        if replay_guard is None and job_id_from == "header":
-            replay_guard = InMemoryReplayGuard()
-        self.replay_guard = replay_guard
+        self._guards = GuardSlot(replay_guard, job_id_from=job_id_from, allow_volatile=allow_volatile_replay_guard)
+        self._start_lock = asyncio.Lock()
+        if self._engine is not None:  # refuse now, not at start, when no durable guard can be had
+            self._guards.choose(self._engine.ledger)
+
+    @property
+    def replay_guard(self) -> SignatureReplayGuard | None:
+        """The replay guard in use: the one given, else the one chosen once the engine (and
+        so its ledger) is known: at construction for an Engine, at start for a factory."""
+        return self._guards.guard
 
     def __repr__(self) -> str:  # the signing keys stay out of it
         return f"<QStashHandler url={self.url!r} job_id_from={self.job_id_from!r} max_body={self.max_body}>"
 
     async def engine(self) -> Engine:
-        """The engine, made and started from the factory on first use."""
-        if self._engine is None:
-            factory = self._engine_or_factory
-            assert callable(factory)
-            self._engine = await build_engine(factory).start()
+        """The engine, made and started from the factory on first use; the replay guard
+        chosen (``ConfigError`` when no durable one can be, see the class docstring) and
+        started with it."""
+        if self._engine is not None and self._guards.ready:
+            return self._engine
+        async with self._start_lock:
+            if self._engine is None:
+                factory = self._engine_or_factory
+                assert callable(factory)
+                engine = build_engine(factory)
+                self._guards.choose(engine.ledger)  # before starting: a refused handler starts nothing
+                self._engine = await engine.start()
+            await self._guards.start(self._engine.ledger)
         return self._engine
 
     async def aclose(self) -> None:
-        """Close a factory-made engine (an engine passed in is its owner's to close)."""
+        """Close a guard the handler made, then a factory-made engine (an engine passed in
+        is its owner's to close)."""
+        await self._guards.aclose()
         if self._engine is not None and not isinstance(self._engine_or_factory, Engine):
             await self._engine.aclose()
-        self._engine = None
+            self._engine = None
 
     # -- checks -------------------------------------------------------------------------
 
@@ -277,31 +301,6 @@ class QStashHandler:
         assert isinstance(job_id, str)
         return job_id
 
-    async def _guard(self, jti: str, job_id: str, expires_at: float) -> Response | None:
-        guard = self.replay_guard
-        if guard is None:
-            return None
-        try:
-            async with asyncio.timeout(self.guard_timeout):
-                first = await guard.remember(jti, job_id, expires_at)
-        except Exception as exc:  # fail closed: without the guard's answer a replay cannot be ruled out
-            log.warning("idemsend: qstash replay guard unavailable, refusing the delivery: %r", exc)
-            return error_response(
-                503, "REPLAY_GUARD_UNAVAILABLE",
-                f"the replay guard could not answer ({type(exc).__name__}); nothing was sent",
-                None,  # no Retry-After: QStash's own backoff spreads the retries over the outage
-            )
-        if first != job_id:
-            log.warning(
-                "idemsend: qstash token %s replayed: it first came with job %s, now with %s; refused",
-                jti, short(first), short(job_id),
-            )
-            return _unauthorized(
-                "REPLAYED_SIGNATURE",
-                "this signature was already used for another message id; a signature is good for one message",
-            )
-        return None
-
     async def handle(self, raw_body: bytes, headers: Mapping[str, str], url: str | None = None) -> Response:
         """Verify and send one delivery; ``(status, headers, body)`` to answer with.
 
@@ -324,14 +323,16 @@ class QStashHandler:
         job_id = self._job_id(message.payload, headers)
         if not isinstance(job_id, str):
             return job_id
-        refused = await self._guard(
-            claims["jti"], job_id, float(claims["exp"]) + self.clock_tolerance + CLOCK_SKEW_MARGIN
+        engine = await self.engine()  # makes the engine and readies the guard on first use
+        refused = await self._guards.check(
+            claims["jti"], job_id, float(claims["exp"]) + self.clock_tolerance + CLOCK_SKEW_MARGIN,
+            timeout=self.guard_timeout,
         )
         if refused is not None:
             return refused
         # QStash keeps its own retry budget (not signed, not ours to count): no try is the last
         outcome = await run_job(
-            await self.engine(), Job(job_id, message.data), message.body,
+            engine, Job(job_id, message.data), message.body,
             attempt=attempt, max_attempts=None, queue="qstash",
         )
         match outcome:
