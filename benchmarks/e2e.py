@@ -135,7 +135,8 @@ def qstash_app(variant: str, url: str) -> Any:
     if variant == "adapter":
         engine = Engine(url, key="welcome:{user_id}:{job_id}", api_key=API_KEY, limits=Limits(max_in_flight=200))
         handler = QStashHandler(
-            lambda: engine, current_signing_key=SIGNING, next_signing_key=NEXT, url_from_request=True
+            lambda: engine, current_signing_key=SIGNING, next_signing_key=NEXT, url_from_request=True,
+            allow_volatile_replay_guard=True,  # one process, no ledger: what the raw variant has too
         )
         return handler.aiohttp_app("/hook")
 

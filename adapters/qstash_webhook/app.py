@@ -11,8 +11,10 @@ Environment:
   a token signed for another endpoint.
 * QSTASH_REPLAY_GUARD_URL: a redis:// URL where every webhook process remembers each
   token's ``jti`` (a captured delivery replayed with a fresh Upstash-Message-Id is
-  refused with 401). Unset: IDEMSEND_LEDGER_URL's Redis is used; without either, this
-  process's memory (a defence only when this is the only process).
+  refused with 401). Unset: the guard is kept in IDEMSEND_LEDGER_URL's store (Redis or
+  PostgreSQL); without a ledger the handler refuses to start in header mode, since a
+  guard in this process's memory forgets at every restart (QSTASH_JOB_ID_FROM=body
+  needs no guard).
 * QSTASH_JOB_ID_FROM: ``header`` (default, Upstash-Message-Id) or ``body`` (the signed
   message's ``"job_id"`` field; no header is trusted, so replays are the same job).
 * QSTASH_CLOCK_TOLERANCE (seconds, default 5), and the IDEMSEND_* variables of
@@ -46,7 +48,7 @@ def make_app() -> web.Application:
     job_id_from = os.environ.get("QSTASH_JOB_ID_FROM", "header")
     if job_id_from not in ("header", "body"):
         raise ConfigError(f"QSTASH_JOB_ID_FROM must be 'header' or 'body', got {job_id_from!r}")
-    guard_url = os.environ.get("QSTASH_REPLAY_GUARD_URL") or os.environ.get("IDEMSEND_LEDGER_URL")
+    guard_url = os.environ.get("QSTASH_REPLAY_GUARD_URL")
     guard = RedisReplayGuard.from_url(guard_url) if guard_url else None
     handler = QStashHandler(
         engine_from_env,  # started when the app starts, closed with it
@@ -56,7 +58,7 @@ def make_app() -> web.Application:
         url_from_request=url_from_request,
         clock_tolerance=int(os.environ.get("QSTASH_CLOCK_TOLERANCE", "5")),
         job_id_from="body" if job_id_from == "body" else "header",
-        replay_guard=guard,  # None: this process's memory (header mode)
+        replay_guard=guard,  # None: kept in the ledger's store (header mode)
     )
     app = handler.aiohttp_app(PATH)
     if guard is not None:
