@@ -59,9 +59,16 @@ def json_response(status: int, payload: Any, headers: Mapping[str, str] | None =
     return status, {**_JSON, **(headers or {})}, json.dumps(payload).encode()
 
 
-def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> Response:
-    """``{"error": {"code": ..., "message": ...}}`` with ``status``."""
-    return json_response(status, {"error": {"code": code, "message": message}}, headers)
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None, *, maybe_sent: bool | None = None
+) -> Response:
+    """``{"error": {"code": ..., "message": ...}}`` with ``status``; with ``maybe_sent``
+    also ``"maybe_sent"``: whether the job may have been sent (so a dead-letter record
+    never reads as "not sent" when it may have been)."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if maybe_sent is not None:
+        error["maybe_sent"] = maybe_sent
+    return json_response(status, {"error": error}, headers)
 
 
 def header(headers: Mapping[str, str], name: str) -> str | None:

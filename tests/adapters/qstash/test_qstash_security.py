@@ -140,6 +140,22 @@ async def test_fatal_and_retryable_statuses(webhook: Webhook) -> None:
     assert d.last.status == 489 and d.last.body["error"]["code"] == "KEY_DERIVATION"
 
 
+async def test_an_answer_lost_after_the_send_then_503s_is_answered_as_maybe_sent(webhook: Webhook) -> None:
+    """Issue 18 item 4: the provider ran try 1 but its answer was lost; every later try
+    got 503. The 503 QStash records says the job may have been sent (text and
+    ``maybe_sent``), on this delivery and on QStash's retry of it."""
+    webhook.provider.script("lost", *["5xx"] * 12, key="welcome:u1:msg_lost")
+    deliverer = QStashDeliverer(webhook.url, signing_key=CURRENT, retries=1, backoff=lambda n: 0.0)
+    d = await deliverer.deliver(MESSAGE, message_id="msg_lost")
+    assert [a.status for a in d.attempts] == [503, 503] and webhook.provider.sends == 1
+    for attempt in d.attempts:
+        error = attempt.body["error"]
+        assert error["code"] == "RETRY" and error["maybe_sent"] is True, error
+        assert "may have been sent" in error["message"] and "not sent" not in error["message"]
+    d = await webhook.deliverer().deliver({"data": {"user_id": "a b"}, "body": {}}, message_id="msg_never")
+    assert d.last.status == 489 and d.last.body["error"]["maybe_sent"] is False  # failed before any request
+
+
 async def test_asgi_app_verifies_and_sends(webhook: Webhook) -> None:
     app = webhook.handler.asgi_app()
     raw = json.dumps(MESSAGE).encode()

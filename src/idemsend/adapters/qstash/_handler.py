@@ -87,8 +87,10 @@ def _too_large(max_body: int) -> Response:
     return error_response(413, "BODY_TOO_LARGE", f"the body is over {max_body} bytes")
 
 
-def _non_retryable(code: str, message: str) -> Response:
-    return error_response(NON_RETRYABLE_STATUS, code, message, {"Upstash-NonRetryable-Error": "true"})
+def _non_retryable(code: str, message: str, *, maybe_sent: bool | None = None) -> Response:
+    return error_response(
+        NON_RETRYABLE_STATUS, code, message, {"Upstash-NonRetryable-Error": "true"}, maybe_sent=maybe_sent
+    )
 
 
 def _unauthorized(code: str, message: str) -> Response:
@@ -341,9 +343,12 @@ class QStashHandler:
             case RetryIn(error=error) | GiveUp(error=error, retryable=True):
                 # QStash's own exponential schedule applies unless the provider named a delay
                 after = retry_after_seconds(getattr(error, "retry_after", None))
-                return error_response(503, "RETRY", str(error), None if after is None else {"Retry-After": str(after)})
+                return error_response(
+                    503, "RETRY", str(error), None if after is None else {"Retry-After": str(after)},
+                    maybe_sent=error.maybe_sent,
+                )
             case GiveUp() as give_up:
-                return _non_retryable(give_up.code, str(give_up.error))
+                return _non_retryable(give_up.code, str(give_up.error), maybe_sent=give_up.maybe_sent)
 
     # -- framework glue -----------------------------------------------------------------
 
