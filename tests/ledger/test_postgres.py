@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from idemsend import ConfigError, Engine, Job, RetryPolicy
+from idemsend import ConfigError, Engine, InvalidJobIdError, Job, RetryPolicy
 from idemsend._body import fingerprint
 from idemsend.ledger import Busy, Claimed, Done, LedgerUnavailableError, ledger_from_url
 from idemsend.testing import MockProvider, PostgresServer
@@ -399,20 +399,25 @@ async def test_two_ledgers_racing_on_many_keys_never_deadlock(make: Any) -> None
 
 
 async def test_text_postgres_cannot_hold_is_stored_all_the_same(make: Any) -> None:
-    """A NUL or a lone surrogate in a job id or a message would fail the whole batch it is
-    in: they are stored as U+FFFD instead, and the batch goes through."""
+    """A NUL or a lone surrogate in a message or a response would fail the whole batch it is
+    in: they are stored as U+FFFD instead, and the batch goes through. A job id no ledger can
+    store is refused alone, before it is batched, and the claims beside it go through."""
     ledger = make(create_table=True)
     await ledger.start()
     claims = await asyncio.gather(
-        ledger.claim(key="k1", job_id="job\x00one", payload=P1, fingerprint=F1, token="t", lease=30),
+        ledger.claim(key="k1", job_id="job-one", payload=P1, fingerprint=F1, token="t", lease=30),
         ledger.claim(key="k2", job_id="job-\ud800", payload=P1, fingerprint=F1, token="t", lease=30),
+        ledger.claim(key="k4", job_id="job\x00four", payload=P1, fingerprint=F1, token="t", lease=30),
         ledger.claim(key="k3", job_id="j\u00e9\u6f22", payload=b"\x00\xff", fingerprint=F1, token="t", lease=30),
+        return_exceptions=True,
     )
-    assert all(isinstance(c, Claimed) for c in claims)
-    assert await ledger.fail(key="k1", token="t", code="INVALID", message="bad\x00byte") == "ok"
+    assert isinstance(claims[0], Claimed) and isinstance(claims[3], Claimed)
+    assert isinstance(claims[1], InvalidJobIdError) and isinstance(claims[2], InvalidJobIdError)
+    assert await ledger.get("k2") is None and await ledger.get("k4") is None
+    assert await ledger.fail(key="k1", token="t", code="INVALID", message="bad\x00byte\ud800") == "ok"
     assert await ledger.complete(key="k3", token="t", response={"id": "\x00\u00e9"}) == "ok"
     record = await ledger.get("k1")
-    assert record is not None and record.job_id == "job\ufffdone" and record.message == "bad\ufffdbyte"
+    assert record is not None and record.job_id == "job-one" and record.message == "bad\ufffdbyte\ufffd"
     done = await ledger.get("k3")
     assert done is not None and done.job_id == "j\u00e9\u6f22" and done.response == {"id": "\x00\u00e9"}
 

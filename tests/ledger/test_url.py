@@ -63,7 +63,7 @@ async def test_rediss_url_makes_a_tls_redis_ledger() -> None:
     try:
         assert isinstance(ledger, RedisLedger) and not ledger._cluster
         pool = ledger.client.connection_pool
-        assert pool.connection_class is SSLConnection and pool.connection_kwargs["port"] == 6380
+        assert issubclass(pool.connection_class, SSLConnection) and pool.connection_kwargs["port"] == 6380
     finally:
         await ledger.aclose()
 
@@ -77,7 +77,7 @@ async def test_unix_url_makes_a_redis_ledger_over_a_socket() -> None:
         ledger = ledger_from_url(f"unix://{socket}?db=0", prefix=uuid.uuid4().hex)
         try:
             assert isinstance(ledger, RedisLedger)
-            assert ledger.client.connection_pool.connection_class is UnixDomainSocketConnection
+            assert issubclass(ledger.client.connection_pool.connection_class, UnixDomainSocketConnection)
             await round_trip(ledger)
         finally:
             await ledger.aclose()

@@ -92,14 +92,44 @@ log = logging.getLogger("idemsend.ledger")
 _STORE_ERRORS = (RedisError, RedisClusterException, OSError)
 
 
-class _HiredisPackConnection(aioredis.Connection):
+class _HiredisPacking:
     """redis-py's asyncio connection packs commands in Python (its sync one already uses
-    hiredis); packing was most of the ledger's CPU per send, so pack them in C here."""
+    hiredis); packing was most of the ledger's CPU per send, so pack them in C here. Mixed
+    into each connection class a URL can ask for, so ``rediss://`` keeps TLS and
+    ``unix://`` its socket."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
         if isinstance(args[0], str):
             args = (*args[0].encode().split(), *args[1:])
         return [hiredis.pack_command(args)]
+
+
+class _HiredisPackConnection(_HiredisPacking, aioredis.Connection):
+    """A TCP connection (``redis://``) that packs commands with hiredis."""
+
+
+class _HiredisPackSSLConnection(_HiredisPacking, aioredis.SSLConnection):
+    """A TLS connection (``rediss://``) that packs commands with hiredis."""
+
+
+class _HiredisPackUnixConnection(_HiredisPacking, aioredis.UnixDomainSocketConnection):
+    """A Unix-socket connection (``unix://``) that packs commands with hiredis."""
+
+
+_PACKING_FOR_SCHEME: dict[str, type[aioredis.Connection] | type[aioredis.UnixDomainSocketConnection]] = {
+    "redis": _HiredisPackConnection, "rediss": _HiredisPackSSLConnection, "unix": _HiredisPackUnixConnection,
+}
+
+
+def _packing_connection_class(url: str) -> dict[str, Any]:
+    """``connection_class`` for ``url``'s scheme, as a keyword: a hiredis-packing class of
+    the same kind redis-py would pick (an explicit class wins over the URL's, so a plain
+    one here would silently turn TLS off), or nothing without hiredis or for a scheme
+    not known here."""
+    if not _HIREDIS:
+        return {}
+    cls = _PACKING_FOR_SCHEME.get(url.partition("://")[0].lower())
+    return {"connection_class": cls} if cls is not None else {}
 
 
 # -- the record ----------------------------------------------------------------------------
@@ -563,7 +593,7 @@ class RedisLedger:
         if cluster:
             client: Any = RedisCluster.from_url(url, socket_timeout=socket_timeout)
         else:
-            extra: dict[str, Any] = {"connection_class": _HiredisPackConnection} if _HIREDIS else {}
+            extra = _packing_connection_class(url)
             # A pooled connection the server closed (a restart) fails its first command when
             # the close was not yet seen (redis-py 6+ no longer probes the socket on checkout):
             # such a call is sent once more on a new connection (a timeout is not: Retry's
