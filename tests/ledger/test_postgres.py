@@ -414,10 +414,10 @@ async def test_text_postgres_cannot_hold_is_stored_all_the_same(make: Any) -> No
     assert isinstance(claims[0], Claimed) and isinstance(claims[3], Claimed)
     assert isinstance(claims[1], InvalidJobIdError) and isinstance(claims[2], InvalidJobIdError)
     assert await ledger.get("k2") is None and await ledger.get("k4") is None
-    assert await ledger.fail(key="k1", token="t", code="INVALID", message="bad\x00byte\ud800") == "ok"
+    assert await ledger.fail(key="k1", token="t", code="INVALID", message="bad\x00byte") == "ok"
     assert await ledger.complete(key="k3", token="t", response={"id": "\x00\u00e9"}) == "ok"
     record = await ledger.get("k1")
-    assert record is not None and record.job_id == "job-one" and record.message == "bad\ufffdbyte\ufffd"
+    assert record is not None and record.job_id == "job-one" and record.message == "bad\ufffdbyte"
     done = await ledger.get("k3")
     assert done is not None and done.job_id == "j\u00e9\u6f22" and done.response == {"id": "\x00\u00e9"}
 
