@@ -1,6 +1,9 @@
 """The ledger guard: claim the key, answer from the ledger when it can, keep the lease
 while the HTTP part runs, and settle the outcome.
 
+The decisions (what a claim's answer means, how an outcome settles the record) are pure
+functions in ``_decide.py``; this module is the I/O around them.
+
 * **claim loop**: a done record answers at once (``from_ledger``); a fatal one raises its
   recorded error; another worker's live lease is waited on like an IN_FLIGHT, within the
   in-flight budget.
@@ -21,37 +24,35 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar, assert_never
 
 from ._attempts import Tries, finite_delay
 from ._config import InFlightWait, Provider
-from ._errors import (
-    ConfigError,
-    FatalError,
-    MismatchError,
-    RetryableError,
-    SetupError,
-    StaleReplayError,
-    UnstableKeyError,
-    fatal_error,
+from ._decide import (
+    MAX_RECORDED_RESPONSE,
+    Answer,
+    Complete,
+    Fail,
+    Refuse,
+    Release,
+    Send,
+    SettleDecision,
+    Stale,
+    Wait,
+    on_claim,
+    settle,
 )
+from ._errors import ConfigError, RetryableError, StaleReplayError
 from ._hooks import LedgerInfo, SendObserver, WaitInfo
 from ._keys import Job
 from ._log import fields, key_ref
 from ._redact import Redactor
 from ._result import SendResult
-from .ledger._base import Busy, Claimed, Conflict, Done, Failed, Ledger, LedgerUnavailableError, SettleResult, Unstable
+from .ledger._base import Claimed, Ledger, LedgerUnavailableError, SettleResult
 
 __all__ = ["MAX_RECORDED_RESPONSE", "LedgerGuard", "log_drift"]
 
 log = logging.getLogger("idemsend.engine")
-
-#: The largest provider response body (bytes, as received) a done record keeps. A record
-#: is kept the ledger's retention (a week by default) for every send, so a provider that
-#: answers with a whole object (a payment's: kilobytes) would multiply the ledger's size;
-#: a bigger body is recorded as None. The id and the status, what a replay needs, are
-#: always kept.
-MAX_RECORDED_RESPONSE = 256
 
 T = TypeVar("T")
 Deliver = Callable[[bytes, str, Tries], Awaitable[SendResult]]
@@ -169,79 +170,71 @@ class LedgerGuard:
                     key=key, reason="ledger_config", maybe_sent=earlier,
                 ) from exc
         budget = self.in_flight.budgeted()
+        stale_after = self.provider.window - self.provider.stale_margin
         while True:
             claim = await self._call(key, "claim", ledger.claim(
                 key=key, job_id=job.id, payload=payload, fingerprint=fp, token=token, lease=self.lease
             ), observer, earlier=earlier)
-            if isinstance(claim, Claimed):
-                break
-            if isinstance(claim, Done):
-                if claim.fingerprint and claim.fingerprint != fp:
-                    log_drift(job.id, claim.fingerprint, fp, key)
-                return _from_record(job, key, claim.fingerprint or fp, claim.response)
-            if isinstance(claim, Failed):
-                raise fatal_error(claim.code, claim.message, key, recorded=True)
-            if isinstance(claim, Unstable):
-                raise UnstableKeyError(
-                    f"job {job.id!r} derived key {key!r} but its earlier attempt used {claim.recorded_key!r};"
-                    " the key template must not change between retries (no timestamps or attempt numbers)",
-                    key=key,
-                    recorded_key=claim.recorded_key,
-                )
-            if isinstance(claim, Conflict):
-                raise MismatchError(
-                    f"key {key!r} is recorded for another job with a different body"
-                    f" (recorded {claim.recorded_fingerprint[:12]}, this {fp[:12]})",
-                    key=key,
-                )
-            assert isinstance(claim, Busy)
-            # Another worker holds the lease: wait like an IN_FLIGHT, within the budget.
-            delay = budget.next(hint=claim.retry_after)
-            if delay is None:
-                raise RetryableError(
-                    f"key {key!r} may have been sent: another worker is sending it",
-                    retry_after=finite_delay(claim.retry_after), key=key, reason="busy", maybe_sent=True,
-                )
-            if observer is not None:
-                observer.on_wait(WaitInfo("busy", delay, "another worker holds the lease"))
-            await asyncio.sleep(delay)
+            decision = on_claim(claim, key=key, job_id=job.id, fingerprint=fp, stale_after=stale_after)
+            match decision:
+                case Send():
+                    break
+                case Answer(done, drifted):
+                    if drifted:
+                        log_drift(job.id, done.fingerprint, fp, key)
+                    return _from_record(job, key, done.fingerprint or fp, done.response)
+                case Refuse(error):
+                    raise error
+                case Stale(stale):
+                    await self._stale(key, token, stale, observer)
+                case Wait(retry_after):
+                    # Another worker holds the lease: wait like an IN_FLIGHT, within the budget.
+                    delay = budget.next(hint=retry_after)
+                    if delay is None:
+                        raise RetryableError(
+                            f"key {key!r} may have been sent: another worker is sending it",
+                            retry_after=finite_delay(retry_after), key=key, reason="busy", maybe_sent=True,
+                        )
+                    if observer is not None:
+                        observer.on_wait(WaitInfo("busy", delay, "another worker holds the lease"))
+                    await asyncio.sleep(delay)
+                case _:  # pragma: no cover - the union is closed
+                    assert_never(decision)
 
-        window = self.provider.window - self.provider.stale_margin
-        if not claim.fresh and claim.age > window:
-            await self._stale(key, token, claim, observer)
-        if claim.fingerprint != fp:
-            log_drift(job.id, claim.fingerprint, fp, key)
-            payload, fp = claim.payload, claim.fingerprint
+        if decision.drifted:
+            log_drift(job.id, decision.fingerprint, fp, key)
+        fresh = decision.claim.fresh
         self.leases.hold(key, token)
-        tries = Tries(earlier=not claim.fresh)
+        tries = Tries(earlier=not fresh)
+        result: SendResult | None = None
         try:
-            result = await deliver(payload, fp, tries)
-        except SetupError:
-            # The engine's setup is wrong, not the job: nothing is recorded against the key,
-            # and a fresh claim whose tries ran nothing is forgotten outright.
-            forget = claim.fresh and not tries.maybe_sent
-            await self._settle(key, "release", ledger.release(key=key, token=token, forget=forget), observer)
-            raise
-        except FatalError as exc:
-            # exc.detail says whether the key may have run: the record keeps it, so a replay
-            # of this fatal says the same
-            await self._settle(key, "fail", ledger.fail(key=key, token=token, code=exc.code, message=exc.detail),
-                               observer)
-            raise
-        except BaseException:
-            # Unknown outcome: keep the record (frozen body, first-sent time), drop the lease,
-            # unless this was the first claim and no try can have reached the provider.
-            forget = claim.fresh and not tries.maybe_sent
-            await self._settle(key, "release", ledger.release(key=key, token=token, forget=forget), observer)
+            result = await deliver(decision.payload, decision.fingerprint, tries)
+        except BaseException as exc:
+            await self._apply(key, token, settle(exc, fresh=fresh, maybe_sent=tries.maybe_sent, body_size=0),
+                              observer)
             raise
         finally:
             self.leases.drop(key)
-        body = result.response if tries.body_size <= MAX_RECORDED_RESPONSE else None
-        record = {"id": result.id, "status": result.status, "response": body}
-        await self._settle(key, "complete", ledger.complete(key=key, token=token, response=record), observer)
+        await self._apply(
+            key, token, settle(result, fresh=fresh, maybe_sent=tries.maybe_sent, body_size=tries.body_size), observer
+        )
         return result
 
-    async def _stale(self, key: str, token: str, claim: Claimed, observer: SendObserver | None) -> None:
+    async def _apply(self, key: str, token: str, decision: SettleDecision, observer: SendObserver | None) -> None:
+        """Write ``decision`` (from ``settle``) to the ledger."""
+        ledger = self.ledger
+        match decision:
+            case Complete(record):
+                await self._settle(key, "complete", ledger.complete(key=key, token=token, response=record), observer)
+            case Fail(code, message):
+                await self._settle(key, "fail", ledger.fail(key=key, token=token, code=code, message=message),
+                                   observer)
+            case Release(forget):
+                await self._settle(key, "release", ledger.release(key=key, token=token, forget=forget), observer)
+            case _:  # pragma: no cover - the union is closed
+                assert_never(decision)
+
+    async def _stale(self, key: str, token: str, claim: Claimed, observer: SendObserver | None) -> NoReturn:
         first = claim.first_sent_at
         detail = (
             f"first sent at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(first))}"
