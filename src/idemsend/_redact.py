@@ -5,6 +5,10 @@ one, the password and query values of the URL). A provider may echo one back (a 
 endpoint that reflects ``Authorization``, an error message quoting the token), so
 responses are scrubbed as bytes before they are parsed: nothing derived from a response
 (a ``SendResult``, a ledger record, a log line, an error) can carry a credential.
+
+A credential is found in every spelling a URL gives it too: on the wire and in aiohttp's
+own error text a query value is percent-encoded (``s3cr%2Bt`` for ``s3cr+t``), and an
+echo may encode it again, in lowercase hex, or with ``+`` for a space.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import unquote
 
 from yarl import URL
 
-__all__ = ["REDACTED", "Redactor", "is_secret_header", "safe_url"]
+__all__ = ["REDACTED", "Redactor", "is_secret_header", "safe_url", "url_spelling"]
 
 REDACTED = "[redacted]"
 _REDACTED_JSON = REDACTED.encode()
@@ -31,6 +36,9 @@ _MIN_SECRET = 3
 # Secrets at least this long are replaced in the raw response bytes; shorter ones only in
 # the parsed strings (a raw "true" is JSON syntax, not a secret to cut out of it).
 _MIN_RAW = 8
+# "%" once, or encoded again ("%25" + "2B" for "%2B"), any number of times
+_PERCENT = "%(?:25)*"
+
 
 def is_secret_header(name: str, *, idempotency_header: str = "Idempotency-Key") -> bool:
     """Whether a request header named ``name`` carries a credential."""
@@ -56,7 +64,7 @@ class Redactor:
     could spell a secret in another form (``\\u002B``), in every string of the parsed tree.
     """
 
-    __slots__ = ("_bytes", "_short", "_texts")
+    __slots__ = ("_bytes", "_plus", "_short", "_texts", "_url_bytes", "_url_text")
 
     def __init__(self, secrets: Iterable[str]) -> None:
         values: set[str] = set()
@@ -76,6 +84,12 @@ class Redactor:
         self._texts = tuple(texts)
         self._short = any(len(v) < _MIN_RAW for v in texts)
         self._bytes = tuple(sorted(forms, key=len, reverse=True))
+        # Every secret in every URL spelling, longest first. Only a "%" (or a "+" for a space)
+        # can spell a secret in a form the plain replacements above miss.
+        self._plus = any(" " in v for v in texts)
+        self._url_text = re.compile("|".join(url_spelling(v) for v in texts)) if texts else None
+        raw = [url_spelling(v, in_bytes=True).encode("ascii") for v in texts if len(v) >= _MIN_RAW]
+        self._url_bytes = re.compile(b"|".join(raw)) if raw else None
 
     @classmethod
     def for_request(
@@ -94,7 +108,9 @@ class Redactor:
             if parsed.user is not None:
                 pair = f"{parsed.user}:{parsed.password or ''}"
                 secrets += [pair, base64.b64encode(pair.encode("latin-1", "replace")).decode()]
-            secrets.extend(parsed.query.values())
+            secrets.extend(parsed.query.values())  # decoded as a form: "+" is a space
+            # and decoded as they were written ("a+b" may reach the provider as "a+b")
+            secrets.extend(unquote(pair.partition("=")[2]) for pair in parsed.raw_query_string.split("&"))
         return cls(secrets)
 
     def __bool__(self) -> bool:
@@ -105,6 +121,8 @@ class Redactor:
         for secret in self._texts:
             if secret in text:
                 text = text.replace(secret, REDACTED)
+        if self._url_text is not None and ("%" in text or (self._plus and "+" in text)):
+            text = self._url_text.sub(REDACTED, text)
         return text
 
     def body(self, raw: bytes) -> bytes:
@@ -112,6 +130,8 @@ class Redactor:
         for secret in self._bytes:
             if secret in raw:
                 raw = raw.replace(secret, _REDACTED_JSON)
+        if self._url_bytes is not None and (b"%" in raw or (self._plus and b"+" in raw)):
+            raw = self._url_bytes.sub(_REDACTED_JSON, raw)
         return raw
 
     def needs_tree(self, raw: bytes) -> bool:
@@ -128,6 +148,30 @@ class Redactor:
         if isinstance(value, dict):
             return {self.text(k): self.tree(v) for k, v in value.items()}
         return value
+
+
+def url_spelling(value: str, *, in_bytes: bool = False) -> str:
+    """A regular expression matching ``value`` in every spelling a URL component gives it:
+    each character as itself or percent-encoded (its UTF-8 bytes, hex in either case, the
+    ``%`` itself encoded again any number of times), a space also as ``+`` (and ``%2B``).
+    ``in_bytes``: for a ``bytes`` pattern over a JSON document (ASCII only; ``/`` may be
+    ``\\/`` there)."""
+    parts = []
+    for char in value:
+        data = char.encode("utf-8", "surrogatepass")
+        literal = re.escape(char) if char.isascii() or not in_bytes else "".join(f"\\x{b:02x}" for b in data)
+        options = [literal, "".join(_PERCENT + _hex(b) for b in data)]
+        if char == " ":
+            options += [r"\+", _PERCENT + "2[bB]"]
+        elif char == "/" and in_bytes:
+            options.append(r"\\/")
+        parts.append(f"(?:{'|'.join(options)})")
+    return "".join(parts)
+
+
+def _hex(byte: int) -> str:
+    """``byte`` as two hex digits, each letter in either case: ``2[bB]``."""
+    return "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in f"{byte:02x}")
 
 
 def _forms(secret: str) -> list[str]:
