@@ -3,8 +3,9 @@
 The engine knows its credentials (the API key, every header whose name says it carries
 one, the password and query values of the URL). A provider may echo one back (a debug
 endpoint that reflects ``Authorization``, an error message quoting the token), so
-responses are scrubbed as bytes before they are parsed: nothing derived from a response
-(a ``SendResult``, a ledger record, a log line, an error) can carry a credential.
+responses are scrubbed as bytes before they are parsed (and, when the bytes cannot show
+every form, string by string after parsing, as for a UTF-16 answer): nothing derived from
+a response (a ``SendResult``, a ledger record, a log line, an error) can carry a credential.
 
 A credential is found in every spelling a URL gives it too: on the wire and in aiohttp's
 own error text a query value is percent-encoded (``s3cr%2Bt`` for ``s3cr+t``), and an
@@ -22,7 +23,7 @@ from urllib.parse import unquote
 
 from yarl import URL
 
-__all__ = ["REDACTED", "Redactor", "is_secret_header", "safe_url", "url_spelling"]
+__all__ = ["REDACTED", "Redactor", "is_secret_header", "is_utf8_json", "safe_url", "url_spelling"]
 
 REDACTED = "[redacted]"
 _REDACTED_JSON = REDACTED.encode()
@@ -60,8 +61,9 @@ class Redactor:
     """Replaces known credentials with ``[redacted]`` in text and in responses.
 
     A response is scrubbed twice over: long secrets in the raw bytes (cheap, and before
-    anything parses them), and, when a secret is short or the body has JSON escapes that
-    could spell a secret in another form (``\\u002B``), in every string of the parsed tree.
+    anything parses them), and, when a secret is short, the body has JSON escapes that
+    could spell a secret in another form (``\\u002B``) or is not UTF-8 (UTF-16, UTF-32),
+    in every string of the parsed tree: after decoding, whatever the encoding.
     """
 
     __slots__ = ("_bytes", "_plus", "_short", "_texts", "_url_bytes", "_url_text")
@@ -136,8 +138,10 @@ class Redactor:
 
     def needs_tree(self, raw: bytes) -> bool:
         """Whether the parsed body must be scrubbed string by string too: a short secret,
-        or an escape in the raw bytes that could spell a secret in a form not replaced."""
-        return self._short or b"\\" in raw
+        an escape in the raw bytes that could spell a secret in a form not replaced, or a
+        body that is not UTF-8 (``json.loads`` reads UTF-16 and UTF-32 too, and the raw
+        scrub looks for UTF-8 bytes only)."""
+        return self._short or b"\\" in raw or not is_utf8_json(raw)
 
     def tree(self, value: Any) -> Any:
         """A parsed JSON value with every credential replaced in its strings (and keys)."""
@@ -148,6 +152,12 @@ class Redactor:
         if isinstance(value, dict):
             return {self.text(k): self.tree(v) for k, v in value.items()}
         return value
+
+
+def is_utf8_json(raw: bytes) -> bool:
+    """Whether ``json.loads`` reads ``raw`` as UTF-8 (with or without a BOM), not as
+    UTF-16 or UTF-32 (which it tells by a BOM or the NUL bytes around the first characters)."""
+    return json.detect_encoding(raw) in ("utf-8", "utf-8-sig")
 
 
 def url_spelling(value: str, *, in_bytes: bool = False) -> str:

@@ -121,3 +121,20 @@ def test_url_spellings_match_nothing_but_the_secret() -> None:
     for text in ("sk_live_abcdefgh1234", "sk%5Flive%5Fabcdefgh1234%36x", "100% sure + fine", "%%%+++"):
         assert r.text(text) == text
         assert r.body(text.encode()) == text.encode()
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"])
+def test_a_secret_in_a_utf16_or_utf32_body_is_redacted_after_decoding(encoding: str) -> None:
+    r = Redactor(["Bearer sk_live_abcdefgh12345"])
+    raw = json.dumps({"echo": "Bearer sk_live_abcdefgh12345"}).encode(encoding)
+    assert r.body(raw) == raw  # no UTF-8 spelling of it in these bytes
+    assert r.needs_tree(raw)
+    assert r.tree(json.loads(r.body(raw))) == {"echo": "[redacted]"}
+
+
+def test_a_utf8_body_with_or_without_a_bom_is_scrubbed_as_bytes() -> None:
+    r = Redactor(["Bearer sk_live_abcdefgh12345"])
+    for encoding in ("utf-8", "utf-8-sig"):
+        raw = json.dumps({"echo": "sk_live_abcdefgh12345"}).encode(encoding)
+        assert not r.needs_tree(raw)
+        assert json.loads(r.body(raw)) == {"echo": "[redacted]"}
