@@ -19,7 +19,10 @@ import aiohttp
 
 from ._errors import ConfigError
 
-__all__ = ["AiohttpTransport", "MockTransport", "RawResponse", "Transport", "TransportError", "TransportRequest"]
+__all__ = [
+    "AiohttpTransport", "MockTransport", "RawResponse", "Transport", "TransportError", "TransportRequest",
+    "describe_error",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,17 +133,32 @@ class AiohttpTransport:
                     chunks.append(chunk)
                 return RawResponse(resp.status, resp.headers, b"".join(chunks))
         except aiohttp.ClientConnectorError as exc:
-            raise TransportError(f"cannot connect: {type(exc).__name__}: {exc}", kind="connect") from exc
+            raise TransportError(f"cannot connect: {describe_error(exc)}", kind="connect") from exc
         except TimeoutError as exc:
             raise TransportError(f"timeout after {self.timeout:g}s", kind="timeout") from exc
         except aiohttp.ClientError as exc:
-            raise TransportError(f"network error {type(exc).__name__}: {exc}", kind="network") from exc
+            raise TransportError(f"network error {describe_error(exc)}", kind="network") from exc
 
     async def aclose(self) -> None:
         """Close the session."""
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+
+def describe_error(exc: BaseException) -> str:
+    """What an aiohttp error says, from its fields where its own text would name the URL:
+    a ``ClientResponseError`` (a garbled status line, a bad header) quotes the request URL,
+    query string and all; an ``InvalidURL`` is the URL. Others: class name and text, on one line."""
+    name = type(exc).__name__
+    if isinstance(exc, aiohttp.ClientResponseError):
+        message = " ".join(str(exc.message).split())
+        return f"{name} {exc.status}: {message}" if message else f"{name} {exc.status}"
+    if isinstance(exc, aiohttp.InvalidURL):
+        description = getattr(exc, "description", None)  # aiohttp 3.10 and newer
+        return f"{name}: {description}" if description else f"{name}: the URL is not valid"
+    text = " ".join(str(exc).split())
+    return f"{name}: {text}" if text else name
 
 
 Handler = Callable[[TransportRequest], "RawResponse | Awaitable[RawResponse]"]

@@ -90,3 +90,51 @@ async def test_the_engine_scrubs_every_form_a_provider_can_echo(caplog: pytest.L
     texts += [r.getMessage() for r in caplog.records]
     leaked = [t for t in texts if api_key in t or f" {short}" in t or f'"{short}' in t]
     assert not leaked, leaked
+
+
+@pytest.mark.parametrize(
+    "spelled",
+    [
+        "s3cr+t/K3y==", "s3cr%2Bt/K3y%3D%3D", "s3cr%2bt%2fK3y%3d%3d", "%73%33cr%2Bt%2FK3y%3D%3D",  # as is, wire, lower
+        "s3cr%252Bt/K3y%253D%253D",  # encoded again
+        "clé+sûre 1", "cl%C3%A9%2Bs%C3%BBre+1", "cl%c3%a9%2bs%c3%bbre%201",  # a non-ASCII value, "+" for a space
+    ],
+)
+def test_a_query_value_is_redacted_in_every_url_spelling(spelled: str) -> None:
+    r = Redactor.for_request("https://api.example.com/x?token=s3cr%2Bt/K3y%3D%3D&pw=cl%C3%A9%2Bs%C3%BBre+1", {})
+    assert r.text(f"GET /x?token={spelled} HTTP/1.1") == "GET /x?token=[redacted] HTTP/1.1"
+    raw = json.dumps({"echo": f"/x?a={spelled}&b=1"}).encode()
+    assert json.loads(r.body(raw)) == {"echo": "/x?a=[redacted]&b=1"}
+    slashed = raw.replace(b"/", b"\\/")  # a JSON encoder that escapes "/"
+    assert json.loads(r.body(slashed)) == {"echo": "/x?a=[redacted]&b=1"}
+
+
+def test_a_plus_in_the_configured_query_is_known_as_written_and_as_a_space() -> None:
+    r = Redactor.for_request("https://api.example.com/x?sig=open+sesame+42", {})
+    for spelled in ("open sesame 42", "open+sesame+42", "open%20sesame%2042", "open%2Bsesame%2B42"):
+        assert r.text(f"echo {spelled}.") == "echo [redacted].", spelled
+
+
+def test_url_spellings_match_nothing_but_the_secret() -> None:
+    r = Redactor(["Bearer sk_live_abcdefgh12345"])
+    assert r.text("sk%5Flive%5Fabcdefgh1234%35") == "[redacted]"  # "%35" is "5"
+    for text in ("sk_live_abcdefgh1234", "sk%5Flive%5Fabcdefgh1234%36x", "100% sure + fine", "%%%+++"):
+        assert r.text(text) == text
+        assert r.body(text.encode()) == text.encode()
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"])
+def test_a_secret_in_a_utf16_or_utf32_body_is_redacted_after_decoding(encoding: str) -> None:
+    r = Redactor(["Bearer sk_live_abcdefgh12345"])
+    raw = json.dumps({"echo": "Bearer sk_live_abcdefgh12345"}).encode(encoding)
+    assert r.body(raw) == raw  # no UTF-8 spelling of it in these bytes
+    assert r.needs_tree(raw)
+    assert r.tree(json.loads(r.body(raw))) == {"echo": "[redacted]"}
+
+
+def test_a_utf8_body_with_or_without_a_bom_is_scrubbed_as_bytes() -> None:
+    r = Redactor(["Bearer sk_live_abcdefgh12345"])
+    for encoding in ("utf-8", "utf-8-sig"):
+        raw = json.dumps({"echo": "sk_live_abcdefgh12345"}).encode(encoding)
+        assert not r.needs_tree(raw)
+        assert json.loads(r.body(raw)) == {"echo": "[redacted]"}
