@@ -256,6 +256,13 @@ end""")
 # or answers the one there. `blob` is 'F' L tok L job L fp body lease, packed by the client. A
 # record recreated by complete after the store lost it has job '' and fp '' (unknown): it
 # answers every claim of its key with 'done', never with 'conflict'.
+#
+# A claim sent again after its reply was lost (redis-py repeats a command whose connection
+# failed) finds the record it made itself: exactly `blob` and a first-sent time. It is
+# answered as what it was, fresh (that time), not as an earlier attempt to resume: only a
+# fresh claim's record is forgotten after a definite "not sent" (a 401), and a resumed
+# one would go stale. A resume never writes a record that reads so (its lease is moved
+# 1 ms when it would).
 _CLAIM = """function(clock, ret, rec, jk, blob, key)
   if jk then
     local cur = redis.call('SET', jk, key, 'NX', 'GET', 'PX', ret)
@@ -270,10 +277,17 @@ _CLAIM = """function(clock, ret, rec, jk, blob, key)
   local tok, job, fp = sunpack('>I4c0I4c0I4c0', blob, 2)
   local tag = sbyte(old)
   if tag == 70 then
+    if #old == #blob + 8 and ssub(old, 1, #blob) == blob then
+      local made = sunpack('>d', old, #blob + 1)
+      return made
+    end
     local otok, ojob, ofp, frozen, first, held = readF(old)
     if ofp ~= '' and ojob ~= job and ofp ~= fp then return {'conflict', ofp} end
     if otok ~= '' and otok ~= tok and held > now then return {'busy', held - now} end
-    redis.call('SET', rec, packF(tok, ojob, ofp, frozen, first, now + sunpack('>d', blob, #blob - 7)), 'KEEPTTL')
+    local lease = sunpack('>d', blob, #blob - 7)
+    local ends = now + lease
+    if ends - first == lease then ends = ends + 1 end
+    redis.call('SET', rec, packF(tok, ojob, ofp, frozen, first, ends), 'KEEPTTL')
     local age = now - first
     if age < 0 then age = 0 end
     return {'claimed', first, frozen, ofp, age}
@@ -598,8 +612,9 @@ class RedisLedger:
             # the close was not yet seen (redis-py 6+ no longer probes the socket on checkout):
             # such a call is sent once more on a new connection (a timeout is not: Retry's
             # default would repeat those too, doubling a slow call). Every ledger operation is
-            # safe to repeat: a repeated claim finds its own record and claims it again, a
-            # repeated settlement answers "superseded" or "missing" (logged), nothing is sent.
+            # safe to repeat: a repeated claim finds the record it made and answers as the
+            # first did (fresh, or the resume), a repeated settlement answers "superseded"
+            # or "missing" (logged), nothing is sent.
             client = aioredis.Redis.from_url(
                 url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
                 retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
