@@ -2,7 +2,7 @@
 applied on the real server, its answer never arrives, and the client's own retry (if
 any) sends the command again.
 
-The proxy reads the client's commands one at a time (RESP), forwards each to the real
+The proxy reads the client's commands one at a time (RESP2 or RESP3), forwards each to the real
 redis-server and reads that command's whole reply before forwarding it, so it knows
 which reply belongs to which command. The first command ``drop`` picks whose reply is
 not ``NOSCRIPT`` (a script the server did not have yet ran nothing) has its reply
@@ -39,19 +39,20 @@ async def _read_command(reader: asyncio.StreamReader) -> tuple[bytes, list[bytes
 
 
 async def _read_reply(reader: asyncio.StreamReader) -> bytes:
-    """One whole RESP2 reply's bytes (nested arrays included)."""
+    """One whole reply's bytes, RESP2 or RESP3 (redis-py 8 speaks RESP3), nested ones included."""
     head = await _line(reader)
     kind, rest = head[:1], head[1:-2]
-    if kind in (b"+", b"-", b":"):
+    if kind in (b"+", b"-", b":", b"_", b"#", b",", b"("):  # one line
         return head
-    if kind == b"$":
+    if kind in (b"$", b"!", b"="):  # a length, then that many bytes
         return head if int(rest) < 0 else head + await reader.readexactly(int(rest) + 2)
-    if kind == b"*":
-        parts = [head]
-        for _ in range(max(int(rest), 0)):
+    if kind in (b"*", b"~", b">", b"%", b"|"):  # that many replies (pairs for a map or attributes)
+        count = max(int(rest), 0) * (2 if kind in (b"%", b"|") else 1)
+        parts = [head] + [await _read_reply(reader) for _ in range(count)]
+        if kind == b"|":  # attributes come before the reply they describe
             parts.append(await _read_reply(reader))
         return b"".join(parts)
-    raise ValueError(f"not a RESP2 reply: {head!r}")
+    raise ValueError(f"not a RESP reply: {head!r}")
 
 
 def evalsha_plan(args: list[bytes]) -> bytes | None:

@@ -10,6 +10,7 @@ the ledger and a real redis-server, which loses one reply."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
@@ -18,7 +19,7 @@ import pytest
 
 from idemsend import Engine, Job, SetupError
 from idemsend._body import fingerprint
-from idemsend.ledger import Claimed, LedgerUnavailableError, RedisLedger
+from idemsend.ledger import Claimed, LedgerRecord, LedgerUnavailableError, RedisLedger
 from idemsend.ledger._redis import _CODES
 from idemsend.testing import MockProvider
 
@@ -134,10 +135,11 @@ async def test_a_resumed_claim_whose_reply_was_lost_is_still_a_resume(redis_url:
 
 
 async def test_a_cluster_claim_whose_reply_was_lost_is_fresh_or_unavailable(cluster_url: str) -> None:
-    """On Cluster the claim's script is one command of a pipeline. redis-py 5 does not send
-    a pipeline again after a lost reply (the claim fails: the ledger is unavailable, and
-    the claim's own record waits out its lease); where the client does send it again, the
-    claim is the same fresh one."""
+    """On Cluster the claim's script is one command of a pipeline, and redis-py (5.0 to 8.2
+    at least) does not send a pipeline's command again after its reply was lost: the claim
+    fails, the ledger unavailable (nothing is sent; the claim's record waits out its lease
+    like a worker's that died). Sent again (by hand here, as a client that retries would),
+    it is the same fresh claim: the script is the one plain Redis runs."""
     loss = lose("claim")
     async with cluster_through(cluster_url, loss) as ledger:
         try:
@@ -150,3 +152,82 @@ async def test_a_cluster_claim_whose_reply_was_lost_is_fresh_or_unavailable(clus
             assert loss.ran == 2
         assert loss.dropped.is_set()
         assert isinstance(claim, Claimed) and claim.fresh, claim
+
+
+# -- settlements: complete and fail --------------------------------------------------------
+
+
+async def test_a_complete_whose_reply_was_lost_is_ok(redis_url: str) -> None:
+    """The complete made the record done; sent again, it finds its own done record: "ok",
+    not "superseded" (which the engine logs as a WARNING about another worker)."""
+    loss = lose("complete")
+    async with LostReplyProxy(port_of(redis_url), loss) as proxy:
+        ledger = through(proxy)
+        try:
+            await ledger.claim(key="k", job_id="j", payload=P1, fingerprint=F1, token="t", lease=30)
+            assert await ledger.complete(key="k", token="t", response={"id": "em_1", "status": 200}) == "ok"
+            assert loss.dropped.is_set() and loss.ran == 2
+            assert await ledger.get("k") == LedgerRecord(
+                key="k", state="done", job_id="j", fingerprint=F1,
+                first_sent_at=(await ledger.get("k")).first_sent_at,  # type: ignore[union-attr]
+                response={"id": "em_1", "status": 200},
+            )
+            # another response still finds the record someone else's: superseded, untouched
+            assert await ledger.complete(key="k", token="t", response={"id": "em_2"}) == "superseded"
+        finally:
+            await ledger.aclose()
+
+
+async def test_a_complete_that_recreated_the_record_and_lost_its_reply_says_recreated(redis_url: str) -> None:
+    """The store had lost the record, so complete wrote it anew; sent again after its reply
+    was lost, it still says so ("recreated", logged as such), not "superseded"."""
+    loss = lose("complete")
+    async with LostReplyProxy(port_of(redis_url), loss) as proxy:
+        ledger = through(proxy)
+        try:
+            await ledger.claim(key="k", job_id="j", payload=P1, fingerprint=F1, token="t", lease=30)
+            await ledger.client.delete(ledger.record_key("k"))  # lost (a restart without persistence)
+            assert await ledger.complete(key="k", token="t", response={"id": "em_1"}) == "recreated"
+            assert loss.dropped.is_set() and loss.ran == 2
+        finally:
+            await ledger.aclose()
+
+
+async def test_a_fail_whose_reply_was_lost_is_ok(redis_url: str) -> None:
+    """The same for fail: sent again, it finds its own fatal record (same code, same
+    message): "ok"; a fail with another code still finds it settled: "superseded"."""
+    loss = lose("fail")
+    async with LostReplyProxy(port_of(redis_url), loss) as proxy:
+        ledger = through(proxy)
+        try:
+            await ledger.claim(key="k", job_id="j", payload=P1, fingerprint=F1, token="t", lease=30)
+            assert await ledger.fail(key="k", token="t", code="VALIDATION_ERROR", message="no to") == "ok"
+            assert loss.dropped.is_set() and loss.ran == 2
+            record = await ledger.get("k")
+            assert record is not None and (record.state, record.code, record.message) == (
+                "fatal", "VALIDATION_ERROR", "no to")
+            assert await ledger.fail(key="k", token="t", code="OTHER", message="no to") == "superseded"
+        finally:
+            await ledger.aclose()
+
+
+async def test_a_send_whose_complete_reply_was_lost_logs_no_superseded_warning(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """End to end: the send went out and was recorded done; the complete's reply was lost
+    and sent again. No WARNING about the complete says the record became another worker's
+    (the start's warning about a Redis without persistence may come), and a redelivery
+    is answered from the ledger."""
+    loss = lose("complete")
+    job, body = Job("job-1", {"user_id": "u1"}), {"to": ["ada@example.com"]}
+    async with MockProvider() as p, LostReplyProxy(port_of(redis_url), loss) as proxy:
+        engine = Engine(p.emails_url, key="welcome:{user_id}:{job_id}", api_key=p.api_key, ledger=through(proxy))
+        async with engine as e:
+            with caplog.at_level(logging.WARNING, logger="idemsend"):
+                sent = await e.send(job, body)
+            assert loss.dropped.is_set() and loss.ran == 2
+            again = await e.send(job, body)
+    assert again.replayed and again.from_ledger and again.id == sent.id and p.sends == 1
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
+              and getattr(r, "idemsend_op", "") == "complete"]
+    assert warned == []

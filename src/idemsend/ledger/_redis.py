@@ -310,6 +310,11 @@ _op("claim_with_job", 2, 2, _CLAIM)
 # or already done/fatal. Neither writes anything. A missing record is written anew as
 # done by complete (RECREATED): the send happened, and only a done record stops a replay
 # after the provider's window from sending again.
+#
+# A complete or fail sent again after its reply was lost (redis-py repeats a command whose
+# connection failed) finds the record settled as it settled it, same response (same code
+# and message): it answers what the first answered (OK, or RECREATED for a done record of
+# unknown job and fingerprint), not SUPERSEDED, which the engine logs as another worker's.
 _OWNED = """
   local v = redis.pcall('GET', k)
   if type(v) == 'table' then
@@ -318,23 +323,33 @@ _OWNED = """
     if v == nil then return {err = 'malformed ledger record: ' .. why} end
   end
   if not v then WHEN_MISSING end
-  if ssub(v, 1, #own) ~= own then return SUPERSEDED end
+  if ssub(v, 1, #own) ~= own then
+    WHEN_SETTLED
+    return SUPERSEDED
+  end
 """
 
 
-def _settle(args: str, when_missing: str, then: str) -> str:
-    return f"function(clock, ret, k, _, own, {args})" + _OWNED.replace("WHEN_MISSING", when_missing) + then + "\nend"
+def _settle(args: str, when_missing: str, then: str, when_settled: str = "") -> str:
+    owned = _OWNED.replace("WHEN_MISSING", when_missing).replace("WHEN_SETTLED", when_settled)
+    return f"function(clock, ret, k, _, own, {args})" + owned + then + "\nend"
 
 
 _op("complete", 1, 2, _settle(
     "resp", "redis.call('SET', k, packD('', '', clock(), resp), 'PX', ret) return RECREATED", """
   redis.call('SET', k, 'D' .. jobfp(v, #own + 1) .. ssub(v, -8) .. resp, 'PX', ret)
-  return OK"""))
+  return OK""", """if sbyte(v) == 68 then
+      local job, fp, first, done = readD(v)
+      if done == resp then if job == '' and fp == '' then return RECREATED end return OK end
+    end"""))
 
 _op("fail", 1, 3, _settle("code, msg", "return MISSING", """
   redis.call('SET', k, 'X' .. jobfp(v, #own + 1) .. ssub(v, -8) .. spack('>I4c0', #code, code) .. msg,
              'PX', ret)
-  return OK"""))
+  return OK""", """if sbyte(v) == 88 then
+      local job, fp, first, c, m = readX(v)
+      if c == code and m == msg then return OK end
+    end"""))
 
 _op("renew", 1, 2, _settle("lease", "return MISSING", """
   local first = sunpack('>d', v, #v - 7)
@@ -613,8 +628,8 @@ class RedisLedger:
             # such a call is sent once more on a new connection (a timeout is not: Retry's
             # default would repeat those too, doubling a slow call). Every ledger operation is
             # safe to repeat: a repeated claim finds the record it made and answers as the
-            # first did (fresh, or the resume), a repeated settlement answers "superseded"
-            # or "missing" (logged), nothing is sent.
+            # first did (fresh, or the resume), so does a repeated complete or fail; a
+            # repeated release answers "superseded" or "missing" (logged); nothing is sent.
             client = aioredis.Redis.from_url(
                 url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
                 retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
