@@ -9,6 +9,7 @@ the ledger and a real redis-server, which loses one reply."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import uuid
@@ -231,3 +232,31 @@ async def test_a_send_whose_complete_reply_was_lost_logs_no_superseded_warning(
     warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
               and getattr(r, "idemsend_op", "") == "complete"]
     assert warned == []
+
+
+# -- idemsend clear ------------------------------------------------------------------------
+
+
+async def test_idemsend_clear_whose_reply_was_lost_says_it_cleared(
+    redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``idemsend clear`` removed the fatal record; its reply was lost and the command sent
+    again found nothing to clear. The record is gone, so the command says it cleared it
+    (exit 0), not "nothing was cleared"."""
+    from idemsend.cli import main
+
+    loss = lose("clear")
+    async with LostReplyProxy(port_of(redis_url), loss) as proxy:
+        direct = RedisLedger.from_url(redis_url, prefix=uuid.uuid4().hex)
+        try:
+            await direct.claim(key="k", job_id="j", payload=P1, fingerprint=F1, token="t", lease=30)
+            assert await direct.fail(key="k", token="t", code="VALIDATION_ERROR", message="no to") == "ok"
+            clear = ["clear", "k", "--redis", f"redis://127.0.0.1:{proxy.port}/0", "--prefix", direct.prefix]
+            status = await asyncio.to_thread(main, clear)  # the CLI runs its own event loop
+            out, err = capsys.readouterr()
+            assert loss.dropped.is_set() and loss.ran == 2
+            assert (status, err) == (0, ""), (status, out, err)
+            assert "cleared the fatal record of key 'k' (VALIDATION_ERROR: no to)" in out
+            assert await direct.get("k") is None
+        finally:
+            await direct.aclose()
