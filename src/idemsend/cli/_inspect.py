@@ -57,7 +57,11 @@ async def inspect(url: str, key: str, prefix: str) -> tuple[bool, str]:
 async def clear(url: str, key: str, prefix: str, *, force: bool = False) -> tuple[bool, str]:
     """``(cleared, text)``. Only a fatal record is cleared: clearing a done or in-flight
     record could let its job send twice; a fatal whose send may have run (``UNSAFE_TO_CLEAR``:
-    a stale replay, a mismatch) only with ``force``."""
+    a stale replay, a mismatch) only with ``force``.
+
+    A clear that answers "nothing removed" is checked by reading the record again: a command
+    whose reply was lost and that the client sent again finds its own work done (the record
+    gone), and that is reported as cleared."""
     ledger = await _with_ledger(url, prefix)
     try:
         record = await ledger.get(key)
@@ -74,7 +78,11 @@ async def clear(url: str, key: str, prefix: str, *, force: bool = False) -> tupl
                 " so running the job again could send twice; check at the provider, then clear with --force"
             )
         if not await ledger.clear(key, force=force):
-            return False, f"key {key!r} changed while clearing it; nothing was cleared"
+            now = await ledger.get(key)
+            if now == record:
+                return False, f"key {key!r} was not cleared (its record is unchanged: see idemsend inspect)"
+            if now is not None:
+                return False, f"key {key!r} changed while clearing it: it is {now.state} now (see idemsend inspect)"
         return True, f"cleared the fatal record of key {key!r} ({record.code}: {record.message})"
     finally:
         await ledger.aclose()

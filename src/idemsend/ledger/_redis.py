@@ -256,6 +256,13 @@ end""")
 # or answers the one there. `blob` is 'F' L tok L job L fp body lease, packed by the client. A
 # record recreated by complete after the store lost it has job '' and fp '' (unknown): it
 # answers every claim of its key with 'done', never with 'conflict'.
+#
+# A claim sent again after its reply was lost (redis-py repeats a command whose connection
+# failed) finds the record it made itself: exactly `blob` and a first-sent time. It is
+# answered as what it was, fresh (that time), not as an earlier attempt to resume: only a
+# fresh claim's record is forgotten after a definite "not sent" (a 401), and a resumed
+# one would go stale. A resume never writes a record that reads so (its lease is moved
+# 1 ms when it would).
 _CLAIM = """function(clock, ret, rec, jk, blob, key)
   if jk then
     local cur = redis.call('SET', jk, key, 'NX', 'GET', 'PX', ret)
@@ -270,10 +277,17 @@ _CLAIM = """function(clock, ret, rec, jk, blob, key)
   local tok, job, fp = sunpack('>I4c0I4c0I4c0', blob, 2)
   local tag = sbyte(old)
   if tag == 70 then
+    if #old == #blob + 8 and ssub(old, 1, #blob) == blob then
+      local made = sunpack('>d', old, #blob + 1)
+      return made
+    end
     local otok, ojob, ofp, frozen, first, held = readF(old)
     if ofp ~= '' and ojob ~= job and ofp ~= fp then return {'conflict', ofp} end
     if otok ~= '' and otok ~= tok and held > now then return {'busy', held - now} end
-    redis.call('SET', rec, packF(tok, ojob, ofp, frozen, first, now + sunpack('>d', blob, #blob - 7)), 'KEEPTTL')
+    local lease = sunpack('>d', blob, #blob - 7)
+    local ends = now + lease
+    if ends - first == lease then ends = ends + 1 end
+    redis.call('SET', rec, packF(tok, ojob, ofp, frozen, first, ends), 'KEEPTTL')
     local age = now - first
     if age < 0 then age = 0 end
     return {'claimed', first, frozen, ofp, age}
@@ -296,6 +310,11 @@ _op("claim_with_job", 2, 2, _CLAIM)
 # or already done/fatal. Neither writes anything. A missing record is written anew as
 # done by complete (RECREATED): the send happened, and only a done record stops a replay
 # after the provider's window from sending again.
+#
+# A complete or fail sent again after its reply was lost (redis-py repeats a command whose
+# connection failed) finds the record settled as it settled it, same response (same code
+# and message): it answers what the first answered (OK, or RECREATED for a done record of
+# unknown job and fingerprint), not SUPERSEDED, which the engine logs as another worker's.
 _OWNED = """
   local v = redis.pcall('GET', k)
   if type(v) == 'table' then
@@ -304,23 +323,33 @@ _OWNED = """
     if v == nil then return {err = 'malformed ledger record: ' .. why} end
   end
   if not v then WHEN_MISSING end
-  if ssub(v, 1, #own) ~= own then return SUPERSEDED end
+  if ssub(v, 1, #own) ~= own then
+    WHEN_SETTLED
+    return SUPERSEDED
+  end
 """
 
 
-def _settle(args: str, when_missing: str, then: str) -> str:
-    return f"function(clock, ret, k, _, own, {args})" + _OWNED.replace("WHEN_MISSING", when_missing) + then + "\nend"
+def _settle(args: str, when_missing: str, then: str, when_settled: str = "") -> str:
+    owned = _OWNED.replace("WHEN_MISSING", when_missing).replace("WHEN_SETTLED", when_settled)
+    return f"function(clock, ret, k, _, own, {args})" + owned + then + "\nend"
 
 
 _op("complete", 1, 2, _settle(
     "resp", "redis.call('SET', k, packD('', '', clock(), resp), 'PX', ret) return RECREATED", """
   redis.call('SET', k, 'D' .. jobfp(v, #own + 1) .. ssub(v, -8) .. resp, 'PX', ret)
-  return OK"""))
+  return OK""", """if sbyte(v) == 68 then
+      local job, fp, first, done = readD(v)
+      if done == resp then if job == '' and fp == '' then return RECREATED end return OK end
+    end"""))
 
 _op("fail", 1, 3, _settle("code, msg", "return MISSING", """
   redis.call('SET', k, 'X' .. jobfp(v, #own + 1) .. ssub(v, -8) .. spack('>I4c0', #code, code) .. msg,
              'PX', ret)
-  return OK"""))
+  return OK""", """if sbyte(v) == 88 then
+      local job, fp, first, c, m = readX(v)
+      if c == code and m == msg then return OK end
+    end"""))
 
 _op("renew", 1, 2, _settle("lease", "return MISSING", """
   local first = sunpack('>d', v, #v - 7)
@@ -598,8 +627,9 @@ class RedisLedger:
             # the close was not yet seen (redis-py 6+ no longer probes the socket on checkout):
             # such a call is sent once more on a new connection (a timeout is not: Retry's
             # default would repeat those too, doubling a slow call). Every ledger operation is
-            # safe to repeat: a repeated claim finds its own record and claims it again, a
-            # repeated settlement answers "superseded" or "missing" (logged), nothing is sent.
+            # safe to repeat: a repeated claim finds the record it made and answers as the
+            # first did (fresh, or the resume), so does a repeated complete or fail; a
+            # repeated release answers "superseded" or "missing" (logged); nothing is sent.
             client = aioredis.Redis.from_url(
                 url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
                 retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
