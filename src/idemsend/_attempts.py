@@ -14,21 +14,22 @@ import logging
 import math
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from json.scanner import make_scanner
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from ._classify import MAX_RETRY_AFTER, Fatal, HTTPResponse, InFlight, Outcome, ResultClassifier, Retry, Sent
 from ._config import InFlightWait, Limits, RetryPolicy
-from ._errors import MISMATCH, RetryableError, fatal_error
+from ._errors import MISMATCH, IdemsendError, RetryableError, fatal_error
 from ._hooks import SendObserver, TryInfo, WaitInfo
-from ._keys import Job
 from ._limits import RateLimiter
 from ._log import fields
+from ._prepared import PreparedSend, TryHistory
 from ._redact import Redactor
 from ._result import SendResult
 from ._transport import Transport, TransportError, TransportRequest
 
-__all__ = ["Attempts", "Tries", "finite_delay"]
+__all__ = ["Attempts", "finite_delay"]
 
 log = logging.getLogger("idemsend.engine")
 
@@ -38,31 +39,6 @@ def finite_delay(value: float | None) -> float | None:
     if value is None or math.isnan(value):
         return None
     return min(max(value, 0.0), MAX_RETRY_AFTER)
-
-
-class Tries:
-    """What one attempt's HTTP tries did: how many, whether any may have reached the
-    provider and run (anything but a refused connection, a 429 or a 4xx refusal), and
-    how many bytes the last answer's body had (what a done record may keep of it). A fresh
-    claim whose tries provably ran nothing is forgotten on release, so its first-sent time
-    does not start the stale clock.
-
-    ``earlier`` is what the engine knows of the job's earlier deliveries: True when one
-    may have run (a ledger record left in flight; without a ledger, any queue attempt
-    after the first). ``may_have_run`` joins both: what every error raised says."""
-
-    __slots__ = ("body_size", "count", "earlier", "maybe_sent")
-
-    def __init__(self, *, earlier: bool = False) -> None:
-        self.count = 0
-        self.maybe_sent = False
-        self.earlier = earlier
-        self.body_size = 0
-
-    @property
-    def may_have_run(self) -> bool:
-        """Whether a request for the key may have run: in these tries or an earlier delivery."""
-        return self.maybe_sent or self.earlier
 
 
 def _not_run(outcome: Outcome, status: int) -> bool:
@@ -105,43 +81,43 @@ class Attempts:
         self._sem = asyncio.Semaphore(limits.max_in_flight)
         self._limiter = RateLimiter(limits.rate) if limits.rate else None
 
-    async def deliver(
-        self, job: Job, key: str, payload: bytes, fp: str, *, attempt: int | None, tries: Tries,
-        observer: SendObserver | None,
-    ) -> SendResult:
-        """POST until the outcome is final; a ``SendResult``, ``FatalError`` or ``RetryableError``."""
+    async def send(self, send: PreparedSend, observer: SendObserver | None) -> SendResult:
+        """Deliver ``send`` without a ledger: what an error says of earlier deliveries comes
+        from the queue's attempt number."""
+        return await self.deliver(send, observer, TryHistory(earlier=send.earlier_may_have_run))
+
+    async def deliver(self, send: PreparedSend, observer: SendObserver | None, history: TryHistory) -> SendResult:
+        """POST until the outcome is final; a ``SendResult``, ``FatalError`` or ``RetryableError``,
+        each carrying the tries (``history``, which the caller reads when anything else
+        ends the attempt, such as a cancellation)."""
+        key, job = send.key, send.job
         transient = 0
         budget = self.in_flight.budgeted()
         while True:
-            tries.count += 1
-            started = time.monotonic() if observer is not None else 0.0
-            outcome, status, data = await self._post(key, payload, tries)
-            if observer is not None:
-                observer.on_try(_try_info(tries.count, status, time.monotonic() - started, outcome, self._redact))
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug(
-                    "idemsend: key=%s job=%s try=%s queue_attempt=%s -> %s", key, job.id, tries.count, attempt,
-                    self._redact.text(repr(outcome)),
-                    extra=fields(key, job_id=job.id, attempt=attempt, outcome=type(outcome).__name__.lower()),
-                )
+            started = time.monotonic()
+            answer = await self._post(key, send.payload, history)
+            outcome = answer.outcome
             if isinstance(outcome, Sent):
+                self._close(history, answer, started, None, send, observer)
                 return SendResult(
-                    key=key, id=outcome.id, status=status, response=data, replayed=outcome.replayed,
-                    attempts=tries.count, fingerprint=fp, job_id=job.id,
+                    key=key, id=outcome.id, status=answer.status, response=answer.data, replayed=outcome.replayed,
+                    attempts=history.count, fingerprint=send.fingerprint, job_id=job.id, tries=history.tries,
                 )
             if isinstance(outcome, Fatal):
-                raise fatal_error(
+                self._close(history, answer, started, None, send, observer)
+                raise _with_tries(fatal_error(
                     outcome.code, self._redact.text(outcome.message), key, setup=outcome.scope == "engine",
-                    maybe_sent=tries.may_have_run,
-                )
+                    maybe_sent=history.may_have_run,
+                ), history)
             if isinstance(outcome, InFlight):
                 delay = budget.next()
+                self._close(history, answer, started, delay, send, observer)
                 if delay is None:
-                    raise RetryableError(
+                    raise _with_tries(RetryableError(
                         f"key {key!r} may have been sent: it stayed in flight at the provider for"
                         f" {budget.waited:.1f}s; retry later with the same job",
                         retry_after=self.in_flight.delay, key=key, reason="in_flight", maybe_sent=True,
-                    )
+                    ), history)
                 if observer is not None:
                     observer.on_wait(WaitInfo("in_flight", delay, "IDEMPOTENCY_IN_FLIGHT"))
                 await asyncio.sleep(delay)
@@ -152,19 +128,38 @@ class Attempts:
             if after is not None and self._limiter is not None:
                 self._limiter.pause(after)
             delay = after if after is not None else self.retry.next_delay(transient)
-            if transient > self.retry.retries or delay > self.retry.max_inline_delay:
+            last = transient > self.retry.retries or delay > self.retry.max_inline_delay
+            self._close(history, answer, started, None if last else delay, send, observer)
+            if last:
                 # retry_after is the provider's ask only; without one, the queue's own
                 # backoff decides, so retries spread over an outage instead of bunching.
-                raise RetryableError(
-                    f"key {key!r} {_sent_state(tries)} after {tries.count} tries ({reason}); retry later with"
+                raise _with_tries(RetryableError(
+                    f"key {key!r} {_sent_state(history)} after {history.count} tries ({reason}); retry later with"
                     " the same job",
-                    retry_after=after, key=key, reason=reason, maybe_sent=tries.may_have_run,
-                )
+                    retry_after=after, key=key, reason=reason, maybe_sent=history.may_have_run,
+                ), history)
             if observer is not None:
                 observer.on_wait(WaitInfo("backoff", delay, reason))
             await asyncio.sleep(delay)
 
-    async def _post(self, key: str, payload: bytes, tries: Tries) -> tuple[Outcome, int, Any]:
+    def _close(
+        self, history: TryHistory, answer: _Answer, started: float, delay: float | None, send: PreparedSend,
+        observer: SendObserver | None,
+    ) -> None:
+        """Write the try into the history, and tell the hooks and the DEBUG log."""
+        info = _try_info(history.next_number, answer, time.monotonic() - started, delay, self._redact)
+        history.close(info)
+        if observer is not None:
+            observer.on_try(info)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "idemsend: key=%s job=%s try=%s queue_attempt=%s -> %s", send.key, send.job.id, info.number,
+                send.attempt, self._redact.text(repr(answer.outcome)),
+                extra=fields(send.key, job_id=send.job.id, attempt=send.attempt,
+                             outcome=type(answer.outcome).__name__.lower()),
+            )
+
+    async def _post(self, key: str, payload: bytes, history: TryHistory) -> _Answer:
         headers = {**self._headers, self._idem_header: key}
         async with self._sem:
             if self._limiter is not None:
@@ -172,21 +167,19 @@ class Attempts:
                 if wait:
                     # The rate limit (or a 429's pause) holds every slot longer than a job may
                     # wait inline: back to the queue, nothing sent.
-                    return Retry(wait, f"rate limit: the next slot is {wait:.1f}s away"), 0, None
-            # Counted as possibly run from the moment the request may leave, so a
-            # cancellation mid-request is never mistaken for "nothing was sent".
-            earlier, tries.maybe_sent = tries.maybe_sent, True
+                    refused = Retry(wait, f"rate limit: the next slot is {wait:.1f}s away")
+                    return _Answer(refused, 0, None, may_have_run=False, error="rate_limit")
+            # Open from the moment the request may leave, so a cancellation mid-request is
+            # never mistaken for "nothing was sent".
+            history.open()
             try:
                 response = await self.transport.post(TransportRequest(self.url, headers, payload))
             except TransportError as exc:
-                if not exc.may_have_reached:
-                    tries.maybe_sent = earlier
-                return Retry(None, str(exc)), 0, None
+                return _Answer(Retry(None, str(exc)), 0, None, may_have_run=exc.may_have_reached, error=exc.kind)
         raw = response.body
         redact = self._redact
         if redact:
             raw = redact.body(raw)
-        tries.body_size = len(raw)
         try:
             data = _parse(raw) if raw else None
         except (ValueError, RecursionError):
@@ -197,16 +190,37 @@ class Attempts:
             except RecursionError:
                 data = None
         outcome = self.classifier.classify(HTTPResponse(response.status, response.headers, data))
-        if _not_run(outcome, response.status):
-            tries.maybe_sent = earlier
-        return outcome, response.status, data
+        return _Answer(
+            outcome, response.status, data, may_have_run=not _not_run(outcome, response.status), body_size=len(raw)
+        )
 
 
-def _sent_state(tries: Tries) -> str:
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """What one try got back, before the loop decides what follows."""
+
+    outcome: Outcome
+    status: int
+    data: Any
+    may_have_run: bool
+    body_size: int = 0
+    error: str | None = None
+
+
+E = TypeVar("E", bound=IdemsendError)
+
+
+def _with_tries(error: E, history: TryHistory) -> E:
+    """``error`` carrying the tries that led to it."""
+    error.tries = history.tries
+    return error
+
+
+def _sent_state(history: TryHistory) -> str:
     """How a retryable error's text states what ran: never "not sent" when it may have."""
-    if tries.maybe_sent:
+    if history.maybe_sent:
         return "may have been sent: no final answer"
-    if tries.earlier:
+    if history.earlier:
         return "may have been sent by an earlier call or delivery: no final answer"
     return "not sent yet"
 
@@ -228,11 +242,18 @@ def _parse(raw: bytes) -> Any:
     return value
 
 
-def _try_info(number: int, status: int, duration: float, outcome: Outcome, redact: Redactor) -> TryInfo:
+def _try_info(number: int, answer: _Answer, duration: float, delay: float | None, redact: Redactor) -> TryInfo:
+    outcome, status = answer.outcome, answer.status
+    kind: Literal["sent", "in_flight", "retry", "fatal", "error"]
     if isinstance(outcome, Sent):
-        return TryInfo(number, status, duration, "sent")
-    if isinstance(outcome, InFlight):
-        return TryInfo(number, status, duration, "in_flight")
-    if isinstance(outcome, Fatal):
-        return TryInfo(number, status, duration, "fatal", outcome.code)
-    return TryInfo(number, status, duration, "retry" if status else "error", redact.text(outcome.reason))
+        kind, reason = "sent", None
+    elif isinstance(outcome, InFlight):
+        kind, reason = "in_flight", None
+    elif isinstance(outcome, Fatal):
+        kind, reason = "fatal", outcome.code
+    else:
+        kind, reason = ("retry" if status else "error"), redact.text(outcome.reason)
+    return TryInfo(
+        number, status, duration, kind, reason,
+        may_have_run=answer.may_have_run, body_size=answer.body_size, delay=delay, error=answer.error,
+    )

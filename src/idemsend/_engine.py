@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import itertools
-import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import Any, Self
 
 from yarl import URL
 
-from ._attempts import Attempts, Tries
+from ._attempts import Attempts
 from ._body import canonical_body, fingerprint
 from ._classify import ResultClassifier
 from ._config import InFlightWait, Limits, Provider, RetryPolicy, check_number
@@ -39,6 +37,7 @@ from ._errors import (
 from ._guard import LedgerGuard, log_drift
 from ._hooks import Hook, OutcomeInfo, SendInfo, SendObserver, send_scope
 from ._keys import Job, KeyDeriver, Template, validate_key
+from ._prepared import PreparedSend
 from ._redact import Redactor, safe_url
 from ._result import SendResult
 from ._transport import AiohttpTransport, Transport
@@ -174,16 +173,18 @@ class Engine:
             redact=redact,
         )
         self._guard = (
-            LedgerGuard(ledger, lease=lease, provider=self.provider, in_flight=self.in_flight, redact=redact)
+            LedgerGuard(ledger, self._attempts, lease=lease, provider=self.provider, in_flight=self.in_flight,
+                        redact=redact)
             if ledger is not None else None
+        )
+        # What runs a prepared send: the guard around the attempt loop, or the loop alone.
+        self._deliver: Callable[[PreparedSend, SendObserver | None], Awaitable[SendResult]] = (
+            self._guard.send if self._guard is not None else self._attempts.send
         )
         self._hooks: list[Hook] = hook_list
         self._state = _State.NEW
         # key -> the send of that key under way in this engine (what joiners wait on)
         self._flights: dict[str, _Flight] = {}
-        # Claim tokens: random per engine, a counter per claim (unique, and cheap per send).
-        self._token_prefix = secrets.token_hex(8) + "-"
-        self._token_seq = itertools.count(1)
 
     def __repr__(self) -> str:
         return (
@@ -268,13 +269,13 @@ class Engine:
             )
         key = self.derive_key(job)
         payload = canonical_body(body)
-        fp = fingerprint(payload)
+        prepared = PreparedSend(job, key, payload, fingerprint(payload), attempt, queue)
         if not self._hooks:
-            return await self._send(job, key, payload, fp, attempt, None)
+            return await self._send(prepared, None)
         info = SendInfo(key, job.id, attempt, queue, self._server[0], self._server[1], self._safe_url)
         with send_scope(self._hooks, info) as observer:
             try:
-                result = await self._send(job, key, payload, fp, attempt, observer)
+                result = await self._send(prepared, observer)
             except IdemsendError as exc:
                 observer.on_outcome(_outcome_of_error(exc))
                 raise
@@ -298,9 +299,8 @@ class Engine:
 
     # -- single-flight ---------------------------------------------------------------
 
-    async def _send(
-        self, job: Job, key: str, payload: bytes, fp: str, attempt: int | None, observer: SendObserver | None
-    ) -> SendResult:
+    async def _send(self, send: PreparedSend, observer: SendObserver | None) -> SendResult:
+        key, job, fp = send.key, send.job, send.fingerprint
         flight = self._flights.get(key)
         if flight is not None:
             flight_fp, flight_job = flight.fp, flight.job_id
@@ -321,7 +321,7 @@ class Engine:
             return replace(result, replayed=True, job_id=job.id)
         flight = self._flights[key] = _Flight(fp, job.id)
         try:
-            result = await self._guarded(job, key, payload, fp, attempt, observer)
+            result = await self._deliver(send, observer)
         except IdemsendError as exc:
             if flight.future is not None:
                 flight.future.set_exception(exc)
@@ -342,22 +342,6 @@ class Engine:
             future = flight.future
             if future is not None and future.done() and not future.cancelled():
                 future.exception()  # mark retrieved: joiners are optional
-
-    async def _guarded(
-        self, job: Job, key: str, payload: bytes, fp: str, attempt: int | None, observer: SendObserver | None
-    ) -> SendResult:
-        attempts = self._attempts
-
-        async def deliver(payload: bytes, fp: str, tries: Tries) -> SendResult:
-            return await attempts.deliver(job, key, payload, fp, attempt=attempt, tries=tries, observer=observer)
-
-        # Without a ledger, an earlier delivery may have run unless the queue says this is
-        # its first (the error of a job whose answer was lost then says "may have been sent").
-        earlier = attempt is None or attempt > 1
-        if self._guard is None:
-            return await deliver(payload, fp, Tries(earlier=earlier))
-        token = f"{self._token_prefix}{next(self._token_seq)}"
-        return await self._guard.send(job, key, payload, fp, token, deliver, observer, earlier=earlier)
 
 
 class _Flight:
@@ -423,9 +407,10 @@ def _outcome_of(result: SendResult) -> OutcomeInfo:
 
 
 def _outcome_of_error(exc: IdemsendError) -> OutcomeInfo:
+    tries = len(exc.tries)
     if isinstance(exc, FatalError):
-        return OutcomeInfo("fatal", 0, code=exc.code, error=exc)
+        return OutcomeInfo("fatal", tries, code=exc.code, error=exc)
     if isinstance(exc, RetryableError):
-        return OutcomeInfo("retryable", 0, code=exc.reason, error=exc)
-    return OutcomeInfo("fatal", 0, code=type(exc).__name__, error=exc)
+        return OutcomeInfo("retryable", tries, code=exc.reason, error=exc)
+    return OutcomeInfo("fatal", tries, code=type(exc).__name__, error=exc)
 

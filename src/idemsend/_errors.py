@@ -28,6 +28,11 @@ that may have been sent.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._hooks import TryInfo
+
 __all__ = [
     "MISMATCH",
     "ConfigError",
@@ -61,6 +66,9 @@ class IdemsendError(Exception):
     #: Whether a request for this job's key may have run at the provider (see the module
     #: docstring). False for errors raised before any request could leave.
     maybe_sent: bool = False
+    #: The HTTP tries of this call that led to the error, one frozen ``TryInfo`` each, in
+    #: order; empty for an error raised before any try (or answered from the ledger).
+    tries: tuple[TryInfo, ...] = ()
 
     def __init__(self, message: str, *, key: str | None = None, maybe_sent: bool = False) -> None:
         super().__init__(message)

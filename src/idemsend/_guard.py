@@ -21,12 +21,14 @@ functions in ``_decide.py``; this module is the I/O around them.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NoReturn, TypeVar, assert_never
 
-from ._attempts import Tries, finite_delay
+from ._attempts import Attempts, finite_delay
 from ._config import InFlightWait, Provider
 from ._decide import (
     MAX_RECORDED_RESPONSE,
@@ -46,6 +48,7 @@ from ._errors import ConfigError, RetryableError, StaleReplayError
 from ._hooks import LedgerInfo, SendObserver, WaitInfo
 from ._keys import Job
 from ._log import fields, key_ref
+from ._prepared import PreparedSend, TryHistory
 from ._redact import Redactor
 from ._result import SendResult
 from .ledger._base import Claimed, Ledger, LedgerUnavailableError, SettleResult
@@ -55,7 +58,6 @@ __all__ = ["MAX_RECORDED_RESPONSE", "LedgerGuard", "log_drift"]
 log = logging.getLogger("idemsend.engine")
 
 T = TypeVar("T")
-Deliver = Callable[[bytes, str, Tries], Awaitable[SendResult]]
 
 
 def log_drift(job_id: str, first: str, now: str, key: str | None = None) -> None:
@@ -113,18 +115,23 @@ class LeaseKeeper:
 
 
 class LedgerGuard:
-    """Puts a ledger around the HTTP part of every send (see the module docstring)."""
+    """Puts a ledger around the attempt loop of every send (see the module docstring)."""
 
     def __init__(
-        self, ledger: Ledger, *, lease: float, provider: Provider, in_flight: InFlightWait, redact: Redactor
+        self, ledger: Ledger, attempts: Attempts, *, lease: float, provider: Provider, in_flight: InFlightWait,
+        redact: Redactor,
     ) -> None:
         self.ledger = ledger
+        self.attempts = attempts
         self.lease = lease
         self.provider = provider
         self.in_flight = in_flight
         self._redact = redact
         self._started = False
         self.leases = LeaseKeeper(ledger, lease, self._settle)
+        # Claim tokens: random per guard, a counter per claim (unique, and cheap per send).
+        self._token_prefix = secrets.token_hex(8) + "-"
+        self._token_seq = itertools.count(1)
 
     async def start(self) -> None:
         """Run the ledger's own start check (a RedisLedger refuses a Redis that evicts). A
@@ -147,16 +154,14 @@ class LedgerGuard:
         self.leases.cancel()
         await self.ledger.aclose()
 
-    async def send(
-        self, job: Job, key: str, payload: bytes, fp: str, token: str, deliver: Deliver,
-        observer: SendObserver | None, *, earlier: bool = True,
-    ) -> SendResult:
-        """Claim ``key``, then answer from the ledger or run ``deliver`` and settle.
+    async def send(self, send: PreparedSend, observer: SendObserver | None) -> SendResult:
+        """Claim ``send.key``, then answer from the ledger or run the attempt loop and settle.
 
-        ``earlier`` is whether an earlier delivery may have run, as far as the engine can
-        tell without the ledger: what an error says when the ledger cannot answer. Once
-        the claim answers, the ledger knows better (a resumed record may have run)."""
-        ledger = self.ledger
+        Until the claim answers, what an error says of earlier deliveries comes from the
+        queue's attempt number; once it answers, the ledger knows better (a resumed record
+        may have run)."""
+        key, job = send.key, send.job
+        earlier = send.earlier_may_have_run
         if not self._started:
             try:
                 await self._call(key, "start", self._start(), observer)
@@ -169,20 +174,22 @@ class LedgerGuard:
                     f"the ledger's store is unfit, nothing was sent by this call for key {key!r}: {exc}",
                     key=key, reason="ledger_config", maybe_sent=earlier,
                 ) from exc
+        token = f"{self._token_prefix}{next(self._token_seq)}"
         budget = self.in_flight.budgeted()
         stale_after = self.provider.window - self.provider.stale_margin
         while True:
-            claim = await self._call(key, "claim", ledger.claim(
-                key=key, job_id=job.id, payload=payload, fingerprint=fp, token=token, lease=self.lease
+            claim = await self._call(key, "claim", self.ledger.claim(
+                key=key, job_id=job.id, payload=send.payload, fingerprint=send.fingerprint, token=token,
+                lease=self.lease,
             ), observer, earlier=earlier)
-            decision = on_claim(claim, key=key, job_id=job.id, fingerprint=fp, stale_after=stale_after)
+            decision = on_claim(claim, key=key, job_id=job.id, fingerprint=send.fingerprint, stale_after=stale_after)
             match decision:
                 case Send():
                     break
                 case Answer(done, drifted):
                     if drifted:
-                        log_drift(job.id, done.fingerprint, fp, key)
-                    return _from_record(job, key, done.fingerprint or fp, done.response)
+                        log_drift(job.id, done.fingerprint, send.fingerprint, key)
+                    return _from_record(job, key, done.fingerprint or send.fingerprint, done.response)
                 case Refuse(error):
                     raise error
                 case Stale(stale):
@@ -202,21 +209,22 @@ class LedgerGuard:
                     assert_never(decision)
 
         if decision.drifted:
-            log_drift(job.id, decision.fingerprint, fp, key)
+            log_drift(job.id, decision.fingerprint, send.fingerprint, key)
         fresh = decision.claim.fresh
         self.leases.hold(key, token)
-        tries = Tries(earlier=not fresh)
-        result: SendResult | None = None
+        history = TryHistory(earlier=not fresh)
         try:
-            result = await deliver(decision.payload, decision.fingerprint, tries)
+            result = await self.attempts.deliver(send.with_body(decision.payload, decision.fingerprint), observer,
+                                                 history)
         except BaseException as exc:
-            await self._apply(key, token, settle(exc, fresh=fresh, maybe_sent=tries.maybe_sent, body_size=0),
+            await self._apply(key, token, settle(exc, fresh=fresh, maybe_sent=history.maybe_sent, body_size=0),
                               observer)
             raise
         finally:
             self.leases.drop(key)
         await self._apply(
-            key, token, settle(result, fresh=fresh, maybe_sent=tries.maybe_sent, body_size=tries.body_size), observer
+            key, token, settle(result, fresh=fresh, maybe_sent=history.maybe_sent, body_size=history.body_size),
+            observer,
         )
         return result
 

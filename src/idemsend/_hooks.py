@@ -64,13 +64,26 @@ class SendInfo:
 
 @dataclass(frozen=True, slots=True)
 class TryInfo:
-    """One HTTP try: ``status`` 0 when there was no HTTP answer (a transport error)."""
+    """One HTTP try, as it ended: a frozen entry of the send's try history (what hooks
+    hear, what every error and result carries as ``tries``).
+
+    ``status`` is 0 when there was no HTTP answer: ``error`` then names the transport
+    error's kind (``connect``, ``timeout``, ``network``), or ``rate_limit`` when this
+    engine's own rate limit kept the request from leaving. ``may_have_run``: the request
+    may have reached the provider and run (False only when the answer or the error proves
+    it did not: a refused connection, a 429, a 4xx refusal, a local rate limit).
+    ``body_size``: the answer's body in bytes, as received. ``delay``: the wait chosen
+    before the next try (None when this try was the last)."""
 
     number: int
     status: int
     duration: float  # seconds
     outcome: Literal["sent", "in_flight", "retry", "fatal", "error"]
     reason: str | None = None  # the retry reason or the fatal code
+    may_have_run: bool = True
+    body_size: int = 0
+    delay: float | None = None
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +112,7 @@ class OutcomeInfo:
     provider or another coroutine had sent it), from_ledger, retryable or fatal."""
 
     outcome: Literal["sent", "replayed", "from_ledger", "retryable", "fatal"]
-    tries: int
+    tries: int  # HTTP tries this call made
     status: int | None = None
     code: str | None = None  # FatalError.code, or RetryableError.reason
     result: SendResult | None = None

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._hooks import TryInfo
 
 __all__ = ["SendResult"]
 
@@ -15,7 +18,8 @@ class SendResult:
     ``replayed`` is true when this call did not cause the send itself: the provider
     answered with its stored response, another coroutine of this engine sent it
     (single-flight), or the ledger already held the completed send (``from_ledger``).
-    ``attempts`` counts the HTTP requests this call made (0 when answered without one).
+    ``attempts`` counts the HTTP requests this call made (0 when answered without one);
+    ``tries`` says what each one got.
     """
 
     key: str
@@ -27,3 +31,5 @@ class SendResult:
     fingerprint: str
     job_id: str
     from_ledger: bool = False
+    #: This call's HTTP tries, one frozen ``TryInfo`` each, in order (empty when it made none).
+    tries: tuple[TryInfo, ...] = field(default=(), repr=False)
