@@ -234,10 +234,12 @@ class Ledger(Protocol):
         * ``Busy(retry_after)``: another token holds a live lease, which runs out in
           ``retry_after`` seconds; nothing changes.
         * ``Claimed(fresh=False, ...)``: an unfinished attempt (its lease ran out or was
-          released, or this same token claims again) is resumed under ``token``: send the
-          *frozen* ``payload`` (the first claim's, with its fingerprint), not this one;
-          ``first_sent_at`` is the first claim's, ``age`` how long ago that was on the
-          ledger's clock, never below 0.
+          released, or this same token claims again after its record changed) is resumed
+          under ``token``: send the *frozen* ``payload`` (the first claim's, with its
+          fingerprint), not this one; ``first_sent_at`` is the first claim's, ``age`` how long
+          ago that was on the ledger's clock, never below 0. A claim the client sent again
+          (its reply was lost) that finds the record it wrote itself, unchanged, may answer
+          ``fresh=True`` as the first did (RedisLedger does).
 
         Store failures raise ``LedgerUnavailableError`` (only that)."""
         ...
