@@ -60,8 +60,8 @@ def test_a_forked_child_builds_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
 
     engines = ProcessLocalEngine(factory)
     first = engines.engine()
-    parents_portal, parents_cm = engines._portal, engines._portal_cm
-    assert parents_portal is not None and parents_cm is not None
+    parents_loop = engines._loop
+    assert parents_loop is not None
     pid = os.getpid()
     monkeypatch.setattr(os, "getpid", lambda: pid + 1)  # as in a forked work-horse
     try:
@@ -72,8 +72,8 @@ def test_a_forked_child_builds_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         monkeypatch.undo()
         # a real child has no parent's thread; here it runs on: stop it
-        parents_portal.call(first.aclose)
-        parents_cm.__exit__(None, None, None)
+        parents_loop.call(first.aclose)
+        parents_loop.stop()
 
 
 def test_a_factory_that_fails_leaves_nothing_running() -> None:
@@ -87,3 +87,19 @@ def test_a_factory_that_fails_leaves_nothing_running() -> None:
             engines.engine()
     assert threading.active_count() == before
     engines.close()
+
+
+def test_close_stops_the_loop_thread_and_a_call_from_it_is_refused_not_deadlocked() -> None:
+    engines = ProcessLocalEngine(scripted())
+    before = threading.active_count()
+    loop = engines.engine() and engines._loop
+    assert loop is not None and loop.thread.is_alive() and threading.active_count() == before + 1
+
+    async def from_the_loop(engine: Engine) -> None:
+        engines.call(lambda e: _thread_of(e))
+
+    with pytest.raises(RuntimeError, match="own loop thread"):
+        engines.call(from_the_loop)
+    engines.close()
+    assert not loop.thread.is_alive() and loop.loop.is_closed() and threading.active_count() == before
+    engines.close()  # twice is fine

@@ -3,28 +3,25 @@ functions (RQ, Celery).
 
 A sync job cannot ``await``; starting an event loop (and an Engine, with its connection
 pool and ledger client) per job would throw the pool away every time. ``ProcessLocalEngine``
-keeps one anyio blocking portal (an event loop in a thread) and one started Engine per
-process, and runs coroutines on it from any thread::
+keeps one event loop in a thread of its own (``_LoopThread``: plain asyncio) and one
+started Engine per process, and runs coroutines on it from any thread::
 
     engines = ProcessLocalEngine(engine_factory)
     result = engines.call(lambda engine: engine.send(job, body))   # sync, from the job
 
 A forked child (RQ's work-horse, Celery's prefork pool) inherits its parent's objects but
-not the portal's thread: the pid decides, so the child builds its own on first use. The
+not the loop's thread: the pid decides, so the child builds its own on first use. The
 engine is closed and the loop stopped at interpreter exit, or by ``close()``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import os
 import threading
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractContextManager
-from typing import TypeVar
-
-import anyio.from_thread
-from anyio.from_thread import BlockingPortal
+from typing import Any, TypeVar
 
 from .._engine import Engine
 from ._common import EngineFactory, build_engine
@@ -34,6 +31,54 @@ __all__ = ["ProcessLocalEngine"]
 T = TypeVar("T")
 
 
+class _LoopThread:
+    """An asyncio event loop running forever in a daemon thread; ``call`` runs a coroutine
+    function on it and blocks the calling thread for its result (or error)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.loop.call_soon(ready.set)
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, name="idemsend-loop", daemon=True)
+        self.thread.start()
+        ready.wait()
+
+    def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``await fn(*args)`` on the loop; its result here. Never from the loop's own thread."""
+        if threading.current_thread() is self.thread:
+            raise RuntimeError("ProcessLocalEngine.call was called from its own loop thread: it would deadlock")
+
+        async def run() -> T:
+            return await fn(*args)
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result()
+
+    def stop(self) -> None:
+        """Cancel what is left on the loop, stop it, join its thread and close it."""
+        if self.loop.is_closed():
+            return
+
+        async def cancel_the_rest() -> None:
+            current = asyncio.current_task()
+            rest = [task for task in asyncio.all_tasks() if task is not current]
+            for task in rest:
+                task.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+
+        try:
+            asyncio.run_coroutine_threadsafe(cancel_the_rest(), self.loop).result(timeout=30)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=30)
+            if not self.thread.is_alive():
+                self.loop.close()
+
+
 class ProcessLocalEngine:
     """A started Engine per process, made by ``factory`` on first use, on a loop thread."""
 
@@ -41,30 +86,28 @@ class ProcessLocalEngine:
         self.factory = factory
         self._lock = threading.Lock()
         self._pid: int | None = None
-        self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
-        self._portal: BlockingPortal | None = None
+        self._loop: _LoopThread | None = None
         self._engine: Engine | None = None
 
     def __repr__(self) -> str:
         state = "running" if self._pid == os.getpid() and self._engine is not None else "idle"
         return f"<ProcessLocalEngine {state} engine={self._engine!r}>"
 
-    def _runtime(self) -> tuple[BlockingPortal, Engine]:
+    def _runtime(self) -> tuple[_LoopThread, Engine]:
         with self._lock:
-            if self._pid != os.getpid() or self._portal is None or self._engine is None:
-                # First use in this process (a forked child inherits a dead portal thread
+            if self._pid != os.getpid() or self._loop is None or self._engine is None:
+                # First use in this process (a forked child inherits a dead loop thread
                 # from its parent, so the pid decides).
-                self._portal_cm = anyio.from_thread.start_blocking_portal("asyncio")
-                self._portal = self._portal_cm.__enter__()
+                loop = _LoopThread()
                 try:
-                    self._engine = self._portal.call(build_engine(self.factory).start)
+                    self._engine = loop.call(build_engine(self.factory).start)
                 except BaseException:
-                    self._portal_cm.__exit__(None, None, None)
-                    self._portal = self._portal_cm = None
+                    loop.stop()
                     raise
+                self._loop = loop
                 self._pid = os.getpid()
                 atexit.register(self.close)
-            return self._portal, self._engine
+            return self._loop, self._engine
 
     def engine(self) -> Engine:
         """This process's Engine, started (made on first use)."""
@@ -73,21 +116,22 @@ class ProcessLocalEngine:
     def call(self, fn: Callable[[Engine], Awaitable[T]]) -> T:
         """Run ``fn(engine)`` on this process's loop and return its result (or raise its
         error). Blocks the calling thread; never call it from the loop thread itself."""
-        portal, engine = self._runtime()
-        return portal.call(fn, engine)
+        loop, engine = self._runtime()
+        return loop.call(fn, engine)
 
     def close(self) -> None:
         """Close the engine and stop the loop thread (at exit, or by hand). In a forked
         child that never used it, only forget the parent's."""
         with self._lock:
-            portal, engine, cm = self._portal, self._engine, self._portal_cm
-            self._portal = self._engine = self._portal_cm = None
+            loop, engine = self._loop, self._engine
+            self._loop = self._engine = None
             if self._pid != os.getpid():
                 return
             self._pid = None
+            if loop is None:
+                return
             try:
-                if portal is not None and engine is not None:
-                    portal.call(engine.aclose)
+                if engine is not None:
+                    loop.call(engine.aclose)
             finally:
-                if cm is not None:
-                    cm.__exit__(None, None, None)
+                loop.stop()

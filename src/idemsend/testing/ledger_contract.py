@@ -48,7 +48,7 @@ ledger over SQLite::
                 (tmp_path / "ledger.db").unlink()
             return forget
 
-Run it with ``pytest`` (anyio's pytest plugin ships with idemsend's dependencies).
+Run it with ``pytest`` and anyio's pytest plugin (``pip install 'idemsend[test]'`` brings both).
 """
 
 from __future__ import annotations
