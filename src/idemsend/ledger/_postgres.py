@@ -381,12 +381,17 @@ class _Op:
     args: tuple[Any, ...]
 
 
+# What PostgreSQL text cannot hold: NUL, and a surrogate code point (a Python str may hold
+# one alone; UTF-8 cannot encode it).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
 def _clean(text: str) -> str:
     """``text`` as PostgreSQL ``text`` can hold it: NUL and unpaired surrogates replaced
     (a job id or a message with one would otherwise fail the whole batch it is in)."""
     if text.isascii() and "\x00" not in text:
         return text
-    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+    return _UNSTORABLE.sub("\ufffd", text)
 
 
 def _rounds(ops: Sequence[_Op]) -> list[list[int]]:
