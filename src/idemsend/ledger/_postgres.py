@@ -152,10 +152,17 @@ CREATE INDEX IF NOT EXISTS "{name}_jobs_expires_idx" ON {jobs} (expires_at);
 # Each takes arrays (one element per operation; a batch has each key at most once) and
 # answers one row per operation, in order (``a.i``, the array position). Rows are
 # locked in key order (ORDER BY ... FOR UPDATE, or INSERT ... SELECT ... ORDER BY), so
-# two statements never wait on each other in a cycle. {t} is the records table, {j} the
-# job map; "expired" is expires_at <= now(): such a row is treated as absent everywhere.
+# two statements never wait on each other in a cycle. The order is byte order in every
+# statement (``_C``: COLLATE "C"), not the database's collation: a key from unnest(text[])
+# sorts by the database's default, and under en_US or ICU en-US (most managed
+# PostgreSQL) "k:a" comes before "k:B", where the table's own COLLATE "C" key sorts it
+# after; two statements that sorted the two ways would deadlock. {t} is the records
+# table, {j} the job map; "expired" is expires_at <= now(): such a row is treated as
+# absent everywhere.
 
 _SEC = "* interval '1 second'"
+#: Byte order, for every ORDER BY that decides in which order rows are locked.
+_C = 'COLLATE "C"'
 
 # claim: note the job id's key (unless a live note says another key), then upsert the
 # record: a new or expired one is made fresh; an in-flight one not in conflict whose
@@ -173,7 +180,7 @@ WITH a AS (
 ),
 j AS (
   INSERT INTO {{j}} AS n (job_id, key, expires_at)
-  SELECT a.job_id, a.key, {_CLOCK} + $7::float8 {_SEC} FROM a ORDER BY a.job_id
+  SELECT a.job_id, a.key, {_CLOCK} + $7::float8 {_SEC} FROM a ORDER BY a.job_id {_C}
   ON CONFLICT (job_id) DO UPDATE SET
     key = CASE WHEN n.expires_at <= {_CLOCK} THEN excluded.key ELSE n.key END,
     expires_at = CASE WHEN n.expires_at <= {_CLOCK} THEN excluded.expires_at ELSE n.expires_at END
@@ -186,7 +193,7 @@ rec AS (
   SELECT a.key, 'in_flight', a.job_id, a.fp, a.body, {_CLOCK}, a.token, {_CLOCK} + a.lease {_SEC},
          NULL, NULL, NULL, {_CLOCK} + $7::float8 {_SEC}
   FROM a JOIN js ON js.job_id = a.job_id AND js.key = a.key
-  ORDER BY a.key
+  ORDER BY a.key {_C}
   ON CONFLICT (key) DO UPDATE SET
     state = CASE WHEN r.expires_at <= {_CLOCK} THEN excluded.state ELSE r.state END,
     job_id = CASE WHEN r.expires_at <= {_CLOCK} THEN excluded.job_id ELSE r.job_id END,
@@ -232,7 +239,7 @@ u AS (
   INSERT INTO {{t}} AS r (key, state, job_id, fingerprint, body, first_sent_at, token, lease_until,
                          response, code, message, expires_at)
   SELECT a.key, 'done', '', '', NULL, {_CLOCK}, a.token, NULL, a.response, NULL, NULL, {_CLOCK} + $4::float8 {_SEC}
-  FROM a ORDER BY a.key
+  FROM a ORDER BY a.key {_C}
   ON CONFLICT (key) DO UPDATE SET
     state = 'done',
     job_id = CASE WHEN r.expires_at <= {_CLOCK} THEN '' ELSE r.job_id END,
@@ -255,7 +262,7 @@ _OWNED = f"""
 l AS MATERIALIZED (
   SELECT r.key FROM {{t}} r JOIN a ON r.key = a.key
   WHERE r.state = 'in_flight' AND r.token = a.token AND r.expires_at > {_CLOCK}
-  ORDER BY r.key FOR UPDATE OF r
+  ORDER BY r.key {_C} FOR UPDATE OF r
 )"""
 
 _ANSWER = f"""
@@ -308,7 +315,7 @@ gone AS (
 notes AS (
   DELETE FROM {{j}} n WHERE n.job_id IN (
     SELECT n2.job_id FROM {{j}} n2 JOIN gone ON n2.job_id = gone.job_id AND n2.key = gone.key
-    ORDER BY n2.job_id FOR UPDATE OF n2 SKIP LOCKED
+    ORDER BY n2.job_id {_C} FOR UPDATE OF n2 SKIP LOCKED
   )
 ),
 u AS (SELECT key FROM kept UNION ALL SELECT key FROM gone)""" + _ANSWER
@@ -322,7 +329,7 @@ WITH a AS (
 l AS MATERIALIZED (
   SELECT r.key FROM {{t}} r JOIN a ON r.key = a.key
   WHERE r.state = 'fatal' AND r.expires_at > {_CLOCK} AND (a.force OR r.code IS NULL OR r.code <> ALL($3::text[]))
-  ORDER BY r.key FOR UPDATE OF r
+  ORDER BY r.key {_C} FOR UPDATE OF r
 ),
 gone AS (
   DELETE FROM {{t}} r USING l WHERE r.key = l.key RETURNING r.key, r.job_id
@@ -330,7 +337,7 @@ gone AS (
 notes AS (
   DELETE FROM {{j}} n WHERE n.job_id IN (
     SELECT n2.job_id FROM {{j}} n2 JOIN gone ON n2.job_id = gone.job_id AND n2.key = gone.key
-    ORDER BY n2.job_id FOR UPDATE OF n2 SKIP LOCKED
+    ORDER BY n2.job_id {_C} FOR UPDATE OF n2 SKIP LOCKED
   )
 )
 SELECT gone.key IS NOT NULL FROM a LEFT JOIN gone ON gone.key = a.key ORDER BY a.i
