@@ -17,7 +17,10 @@ database's ``now()``, never the worker's clock (see ``_CLOCK`` below for why ``n
 Concurrent calls share round trips (``GroupCommit``): the claims queued meanwhile go as
 one statement over ``unnest($1::text[], …)`` arrays, the completions as another (sent at
 the same time on a second connection), and so on; calls on the same key in one batch go
-in order, one statement after the other.
+in order, one statement after the other. A statement the database refuses for one call's
+data (a key too long for the primary key's index, a lease past the last timestamp) is
+split in halves and sent again until that call stands alone: its caller gets the error,
+the others their answers. A store failure fails the whole statement's calls.
 
 Records live ``retention`` after they were claimed, completed or failed. Expired rows are
 never answered as live (every statement checks ``expires_at``), and a background task
@@ -58,7 +61,7 @@ from ._base import (
     SettleResult,
     Unstable,
 )
-from ._group import GroupCommit
+from ._group import GroupCommit, isolate
 
 try:
     import asyncpg
@@ -456,6 +459,17 @@ def _claim_answer(op: _Op, row: Any) -> ClaimResult:
     return Busy(max(0.0, row[12]))
 
 
+def _data_error(exc: Exception) -> bool:
+    """Whether a statement failed for some call's data, not for the store: a data exception
+    (SQLSTATE class 22: a value out of range, a character the encoding cannot hold; also
+    what asyncpg raises for an argument it cannot encode), an integrity violation (23), or
+    a program limit (54: a key too long for the btree). The same calls would fail the same
+    way again, and the calls without the culprit would not. Everything else (the server
+    down, a timeout, the table missing, a deadlock, resources) is the store's."""
+    return isinstance(exc, (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError,
+                            asyncpg.ProgramLimitExceededError))
+
+
 def _unavailable(exc: BaseException) -> LedgerUnavailableError:
     if isinstance(exc, LedgerUnavailableError):
         return exc
@@ -845,21 +859,28 @@ class PostgresLedger:
         return results
 
     async def _run_kind(self, kind: str, ops: list[_Op], indexes: list[int], results: list[Any]) -> None:
-        try:
-            rows = await self._fetch(self._sql[kind], *self._params(kind, ops))
-            if len(rows) != len(ops):
-                raise LedgerUnavailableError(f"{kind}: {len(rows)} answers for {len(ops)} calls")
-            for i, op, row in zip(indexes, ops, rows, strict=True):
-                try:
-                    results[i] = self._answer(kind, op, row)
-                except (LedgerUnavailableError, ValueError, TypeError, IndexError) as exc:
-                    results[i] = exc if isinstance(exc, LedgerUnavailableError) else LedgerUnavailableError(
-                        f"malformed {kind} answer for key {op.key!r}: {exc}"
-                    )
-        except Exception as exc:
-            failure = exc if isinstance(exc, LedgerUnavailableError) else self._fail(exc)
-            for i in indexes:
-                results[i] = failure
+        """One statement for ``ops`` (all of one kind); a statement refused for one call's
+        data is split until that call stands alone (``isolate``): it alone gets the error."""
+
+        async def statement(part: Sequence[_Op]) -> list[Any]:
+            rows = await self._fetch(self._sql[kind], *self._params(kind, list(part)))
+            if len(rows) != len(part):
+                raise LedgerUnavailableError(f"{kind}: {len(rows)} answers for {len(part)} calls")
+            return rows
+
+        failures: dict[int, LedgerUnavailableError] = {}  # one error object per statement's failure
+        for i, op, row in zip(indexes, ops, await isolate(statement, ops, _data_error), strict=True):
+            if isinstance(row, Exception):
+                if id(row) not in failures:
+                    failures[id(row)] = row if isinstance(row, LedgerUnavailableError) else self._fail(row)
+                results[i] = failures[id(row)]
+                continue
+            try:
+                results[i] = self._answer(kind, op, row)
+            except (LedgerUnavailableError, ValueError, TypeError, IndexError) as exc:
+                results[i] = exc if isinstance(exc, LedgerUnavailableError) else LedgerUnavailableError(
+                    f"malformed {kind} answer for key {op.key!r}: {exc}"
+                )
 
     def _params(self, kind: str, ops: list[_Op]) -> list[Any]:
         """The statement's arguments. Every array is ``text[]`` (cast in the SQL) and the
