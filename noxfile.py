@@ -58,10 +58,12 @@ def otel(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def postgres(session: nox.Session) -> None:
     """The PostgresLedger: the ledger contract, the process and restart tests (a throwaway
-    PostgreSQL when none runs at POSTGRES_DSN / 127.0.0.1:5432), and the small chaos run
-    with arq workers whose ledger is PostgreSQL (skipped when none answers)."""
-    session.install("-e", ".[postgres,redis,arq,test]")
-    _pytest(session, "tests/ledger", "tests/system/test_chaos.py", "-m", "postgres")
+    PostgreSQL when none runs at POSTGRES_DSN / 127.0.0.1:5432), each on a database whose
+    collation is C and on an ICU en-US one (made for the run); the small chaos run with arq
+    workers whose ledger is PostgreSQL (skipped when none answers); and the QStash replay
+    guard kept in PostgreSQL."""
+    session.install("-e", ".[postgres,redis,arq,qstash,test]")
+    _pytest(session, "tests/ledger", "tests/system/test_chaos.py", "tests/adapters/qstash", "-m", "postgres")
 
 
 # The queue integrations. Each runs its own tests, the conformance suite (its column) and

@@ -10,6 +10,12 @@ answers, else a throwaway server (``idemsend.testing.PostgresServer``; the tests
 need one are skipped, saying why, where the server binaries are missing). Every test
 gets tables of its own: the shared server's tests run in a schema made for this session
 (dropped at its end), and each test uses its own table names within it.
+
+The shared server's tests run twice (``postgres_collation``, pytest ids ``C`` and
+``en-US``): on a database whose default collation is C, and on one made for the session
+whose default collation is ICU ``en-US`` (libc ``en_US.UTF-8`` where the server has no
+ICU), as most managed PostgreSQL's is. Text sorts differently there (``k:a`` before
+``k:B``; C sorts bytes, ``k:B`` first), and the ledger must not care.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import asyncio
 import importlib.util
 import os
 import threading
+import urllib.parse
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
@@ -35,6 +42,8 @@ NO_ASYNCPG = "asyncpg is not installed: pip install 'idemsend[postgres]' (nox -s
 #: The stores the process tests run on (pytest ids; "redis" also gets the `redis` marker,
 #: "postgres" the `postgres` marker).
 STORES = ["redis", "postgres"] if HAVE_ASYNCPG else ["redis"]
+#: The same for the shared servers, where PostgreSQL runs on a C and an en-US database.
+SHARED_STORES = [*STORES, "postgres-en-US"] if HAVE_ASYNCPG else STORES
 
 #: The local server the Postgres tests use when POSTGRES_DSN is not set and it answers.
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -150,8 +159,9 @@ def unlogged_tables(table: str) -> str:
 def _make_shared(kind: str, request: pytest.FixtureRequest) -> Store:
     if kind == "redis":
         return Store("redis", request.getfixturevalue("redis_url"))
-    if kind == "postgres":
-        return Store("postgres", request.getfixturevalue("postgres_store_url"))
+    if kind in ("postgres", "postgres-en-US"):
+        databases: PostgresDatabases = request.getfixturevalue("postgres_databases")
+        return Store("postgres", databases.store_url("C" if kind == "postgres" else "en-US"))
     raise AssertionError(kind)
 
 
@@ -183,9 +193,10 @@ def own_postgres(**settings: str) -> PostgresServer:
         raise
 
 
-@pytest.fixture(params=STORES)
+@pytest.fixture(params=SHARED_STORES)
 def shared_store(request: pytest.FixtureRequest) -> Store:
-    """The session's store of this kind (shared: no stop or restart); use a fresh prefix."""
+    """The session's store of this kind (shared: no stop or restart); use a fresh prefix.
+    PostgreSQL twice: a C database and an en-US one."""
     return _make_shared(request.param, request)
 
 
@@ -225,41 +236,167 @@ async def _answers(dsn: str) -> bool:
     return True
 
 
+#: The default collations the shared-PostgreSQL tests run under (pytest ids).
+PG_COLLATIONS = ("C", "en-US")
+
+#: Keys that C (bytes) and en-US (case after letter) sort in different orders.
+MIXED_CASE_KEYS = ("k:a", "k:B", "k:b", "k:A")
+
+
+async def sorts_like_c(dsn: str) -> bool:
+    """Whether the database's default collation sorts text as C does (byte order)."""
+    import asyncpg
+
+    con = await asyncpg.connect(dsn, timeout=10)
+    try:
+        same: bool = await con.fetchval(
+            'SELECT array_agg(k ORDER BY k) = array_agg(k ORDER BY k COLLATE "C") FROM unnest($1::text[]) k',
+            list(MIXED_CASE_KEYS),
+        )
+    finally:
+        await con.close()
+    return same
+
+
+def _on_database(dsn: str, name: str) -> str:
+    """``dsn`` with its database replaced by ``name``."""
+    return urllib.parse.urlunsplit(urllib.parse.urlsplit(dsn)._replace(path=f"/{name}"))
+
+
+# How to make a database of each collation: the first that the server takes and that sorts
+# as asked for is used (ICU needs PostgreSQL 15+ built with ICU; the libc locales need the
+# server's operating system to have them).
+_CREATE = {
+    "C": ("TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'",),
+    "en-US": (
+        "TEMPLATE template0 ENCODING 'UTF8' LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'",
+        "TEMPLATE template0 ENCODING 'UTF8' LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C'",
+        "TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'en_US.UTF-8' LC_CTYPE 'en_US.UTF-8'",
+        "TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'en_US.utf8' LC_CTYPE 'en_US.utf8'",
+    ),
+}
+
+
+async def create_database(dsn: str, collation: str) -> str:
+    """A DSN on a new database of the server at ``dsn`` whose default collation is
+    ``collation`` (a key of ``_CREATE``); a skip saying why when the server can make none.
+    ``drop_database`` removes it."""
+    import asyncpg
+
+    name = f"idemsend_test_{collation.lower().replace('-', '_')}_{uuid.uuid4().hex[:10]}"
+    tried = []
+    for options in _CREATE[collation]:
+        try:
+            await pg_execute(dsn, f'CREATE DATABASE "{name}" {options}')
+        except asyncpg.PostgresError as exc:
+            tried.append(f"{options}: {exc}")
+            continue
+        if await sorts_like_c(_on_database(dsn, name)) == (collation == "C"):
+            return _on_database(dsn, name)
+        tried.append(f"{options}: made, but it sorts {'not ' if collation == 'C' else ''}like C")
+        await pg_execute(dsn, f'DROP DATABASE "{name}"')
+    pytest.skip(f"could not make a database with the {collation} collation on {dsn}: {'; '.join(tried)}")
+
+
+async def drop_database(dsn: str, made: str) -> None:
+    """Drop the database ``made`` (a DSN from ``create_database(dsn, …)``), its sessions ended."""
+    import asyncpg
+
+    name = urllib.parse.urlsplit(made).path.lstrip("/")
+    try:
+        await pg_execute(dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    except asyncpg.PostgresSyntaxError:  # PostgreSQL 12 has no FORCE
+        await pg_execute(dsn, f'DROP DATABASE IF EXISTS "{name}"')
+
+
+class PostgresDatabases:
+    """The session's databases on one server, by default collation, each made (with a
+    schema for the session's tables) when first asked for; ``close`` drops what it made.
+    A database that already sorts as asked (the server's own, for C) is used as it is."""
+
+    def __init__(self, server_dsn: str) -> None:
+        self.server_dsn = server_dsn
+        self._dsn: dict[str, str] = {}
+        self._made: list[str] = []
+        self._schemas: dict[str, str] = {}
+
+    def dsn(self, collation: str) -> str:
+        """A database whose default collation is ``collation``."""
+        if collation not in self._dsn:
+            if run_sync(sorts_like_c(self.server_dsn)) == (collation == "C"):
+                self._dsn[collation] = self.server_dsn
+            else:
+                self._dsn[collation] = run_sync(create_database(self.server_dsn, collation))
+                self._made.append(self._dsn[collation])
+        return self._dsn[collation]
+
+    def schema(self, collation: str) -> str:
+        """The session's schema in that database."""
+        if collation not in self._schemas:
+            schema = f"idemsend_test_{uuid.uuid4().hex[:12]}"
+            run_sync(pg_execute(self.dsn(collation), f'CREATE SCHEMA "{schema}"'))
+            self._schemas[collation] = schema
+        return self._schemas[collation]
+
+    def store_url(self, collation: str) -> str:
+        """That database, its tables made in the session's schema (``search_path``)."""
+        return with_params(self.dsn(collation), search_path=self.schema(collation))
+
+    def close(self) -> None:
+        for collation, schema in self._schemas.items():
+            run_sync(pg_execute(self._dsn[collation], f'DROP SCHEMA "{schema}" CASCADE'))
+        for made in self._made:
+            run_sync(drop_database(self.server_dsn, made))
+
+
 @pytest.fixture(scope="session")
-def postgres_dsn() -> Iterator[str]:
-    """A PostgreSQL for the session: POSTGRES_DSN, else the local server if it answers,
-    else a throwaway one."""
+def postgres_databases() -> Iterator[PostgresDatabases]:
+    """The session's PostgreSQL server: POSTGRES_DSN, else the local server if it answers,
+    else a throwaway one; its databases by collation."""
     if not HAVE_ASYNCPG:
         pytest.skip(NO_ASYNCPG)
-    explicit = os.environ.get("POSTGRES_DSN")
-    if explicit:
-        yield explicit
-        return
-    if run_sync(_answers(LOCAL_POSTGRES)):
-        yield LOCAL_POSTGRES
-        return
-    server = own_postgres()
+    server = None
+    dsn = os.environ.get("POSTGRES_DSN")
+    if not dsn:
+        if run_sync(_answers(LOCAL_POSTGRES)):
+            dsn = LOCAL_POSTGRES
+        else:
+            server = own_postgres()
+            dsn = server.dsn
+    databases = PostgresDatabases(dsn)
     try:
-        yield server.dsn
+        yield databases
     finally:
-        server.cleanup()
+        try:
+            databases.close()
+        finally:
+            if server is not None:
+                server.cleanup()
+
+
+@pytest.fixture(scope="session", params=PG_COLLATIONS)
+def postgres_collation(request: pytest.FixtureRequest) -> str:
+    """The default collation of the database the test runs on (``C`` or ``en-US``)."""
+    collation: str = request.param
+    return collation
 
 
 @pytest.fixture(scope="session")
-def postgres_schema(postgres_dsn: str) -> Iterator[str]:
-    """A schema of this session's own on the shared PostgreSQL, dropped at the end."""
-    schema = f"idemsend_test_{uuid.uuid4().hex[:12]}"
-    run_sync(pg_execute(postgres_dsn, f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield schema
-    finally:
-        run_sync(pg_execute(postgres_dsn, f'DROP SCHEMA "{schema}" CASCADE'))
+def postgres_dsn(postgres_databases: PostgresDatabases, postgres_collation: str) -> str:
+    """The session's PostgreSQL, on a database whose default collation is ``postgres_collation``."""
+    return postgres_databases.dsn(postgres_collation)
 
 
 @pytest.fixture(scope="session")
-def postgres_store_url(postgres_dsn: str, postgres_schema: str) -> str:
+def postgres_schema(postgres_databases: PostgresDatabases, postgres_collation: str) -> str:
+    """A schema of this session's own in that database, dropped at the end."""
+    return postgres_databases.schema(postgres_collation)
+
+
+@pytest.fixture(scope="session")
+def postgres_store_url(postgres_databases: PostgresDatabases, postgres_collation: str) -> str:
     """The shared PostgreSQL, its tables made in the session's schema (``search_path``)."""
-    return with_params(postgres_dsn, search_path=postgres_schema)
+    return postgres_databases.store_url(postgres_collation)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -268,5 +405,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         callspec = getattr(item, "callspec", None)
         params = {v for v in callspec.params.values() if isinstance(v, str)} if callspec is not None else set()
         names = set(getattr(item, "fixturenames", ()))
-        if "postgres" in params or names & {"postgres_dsn", "postgres_store_url"}:
+        if params & {"postgres", "postgres-en-US"} or names & {"postgres_dsn", "postgres_store_url"}:
             item.add_marker(pytest.mark.postgres)

@@ -2,7 +2,7 @@
 MemoryLedger, RedisLedger on a Redis of its own (persistent, so it can be restarted and
 flushed), RedisLedger on the session's 3-node Redis Cluster, and PostgresLedger (tables
 of its own per test on the session's PostgreSQL; the restart test on a server of this
-module's own)."""
+module's own), on a database whose default collation is C and on an ICU en-US one."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from idemsend.ledger import Ledger, MemoryLedger, RedisLedger, ledger_from_url
 from idemsend.testing import PostgresServer, RedisServer
 from idemsend.testing.ledger_contract import Backdate, LedgerContract, MakeLedger, StoreAction
 
-from .conftest import HAVE_ASYNCPG, NO_ASYNCPG, own_postgres, pg_execute
+from .conftest import HAVE_ASYNCPG, NO_ASYNCPG, create_database, own_postgres, pg_execute, run_sync
 
 # -- MemoryLedger: the store is one MemoryLedger object, shared by every "worker" -----------
 
@@ -179,15 +179,28 @@ def pg_server() -> Iterator[PostgresServer]:
         server.cleanup()
 
 
+@pytest.fixture(scope="module")
+def pg_server_databases() -> dict[str, str]:
+    """``pg_server``'s databases by default collation (its own is C), made when first asked for."""
+    return {}
+
+
 @pytest.mark.postgres
 @pytest.mark.skipif(not HAVE_ASYNCPG, reason=NO_ASYNCPG)
 class TestPostgresLedger(LedgerContract):
     @pytest.fixture
-    def pg_url(self, request: pytest.FixtureRequest) -> str:
-        """The session's PostgreSQL (its schema), or this module's own for the restart test."""
+    def pg_url(self, request: pytest.FixtureRequest, postgres_collation: str) -> str:
+        """The session's PostgreSQL (its schema), or this module's own for the restart test;
+        on a database whose default collation is ``postgres_collation`` either way."""
         if "store_restart" in request.fixturenames:
             server: PostgresServer = request.getfixturevalue("pg_server")
-            return server.dsn
+            made: dict[str, str] = request.getfixturevalue("pg_server_databases")
+            if postgres_collation not in made:  # the server goes with its databases
+                made[postgres_collation] = (
+                    server.dsn if postgres_collation == "C"
+                    else run_sync(create_database(server.dsn, postgres_collation))
+                )
+            return made[postgres_collation]
         url: str = request.getfixturevalue("postgres_store_url")
         return url
 

@@ -14,6 +14,7 @@ import pytest
 
 from idemsend import ConfigError
 from idemsend.ledger import GroupCommit, LedgerUnavailableError
+from idemsend.ledger._group import isolate
 
 pytestmark = pytest.mark.anyio
 
@@ -255,3 +256,67 @@ def test_sizes_are_validated(bad: object) -> None:
         GroupCommit(Store().execute, max_batch=bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="max_pipelines"):
         GroupCommit(Store().execute, max_pipelines=bad)  # type: ignore[arg-type]
+
+
+# -- isolate: a batch that fails as a whole, split until the culprit stands alone -------------
+
+
+class BadData(Exception):
+    """What an atomic statement raises for one operation's data."""
+
+
+class Atomic:
+    """An all-or-nothing batch: doubles each number, or raises for the whole batch when it
+    holds a negative one (``BadData``) or when the store is down."""
+
+    def __init__(self) -> None:
+        self.runs: list[list[int]] = []
+        self.down = False
+
+    async def run(self, ops: Sequence[int]) -> list[int]:
+        self.runs.append(list(ops))
+        if self.down:
+            raise LedgerUnavailableError("the store is down")
+        bad = [op for op in ops if op < 0]
+        if bad:
+            raise BadData(f"cannot store {bad}")
+        return [op * 2 for op in ops]
+
+
+def is_bad_data(exc: Exception) -> bool:
+    return isinstance(exc, BadData)
+
+
+@pytest.mark.parametrize("bad", [[], [0], [63], [17], [5, 40], list(range(0, 64, 9))])
+async def test_isolate_gives_the_error_to_the_bad_operations_alone(bad: list[int]) -> None:
+    ops = [-1 - i if i in bad else i for i in range(64)]
+    atomic = Atomic()
+    results = await isolate(atomic.run, ops, is_bad_data)
+    assert [i for i, r in enumerate(results) if isinstance(r, BadData)] == bad
+    assert [r for i, r in enumerate(results) if i not in bad] == [2 * i for i in range(64) if i not in bad]
+    assert all(str(results[i]) == f"cannot store [{ops[i]}]" for i in bad)  # each its own error
+    assert len(atomic.runs) <= 1 + 2 * len(bad) * 6  # halving 64: six levels, two runs a level per bad one
+
+
+async def test_isolate_does_not_split_a_store_failure() -> None:
+    atomic = Atomic()
+    atomic.down = True
+    results = await isolate(atomic.run, [1, -2, 3], is_bad_data)
+    assert len(atomic.runs) == 1 and len({id(r) for r in results}) == 1
+    assert isinstance(results[0], LedgerUnavailableError)
+
+
+async def test_isolate_fails_only_the_part_that_met_a_store_failure() -> None:
+    """The store goes down while the halves run: the half that ran before keeps its
+    results; the rest get the store's error."""
+    atomic = Atomic()
+    real = atomic.run
+
+    async def run(ops: Sequence[int]) -> list[int]:
+        if len(atomic.runs) == 2:  # the whole batch, then the first half: the store goes down
+            atomic.down = True
+        return await real(ops)
+
+    results = await isolate(run, [1, 2, -3, 4], is_bad_data)
+    assert results[:2] == [2, 4]
+    assert all(isinstance(r, LedgerUnavailableError) for r in results[2:])

@@ -17,7 +17,10 @@ database's ``now()``, never the worker's clock (see ``_CLOCK`` below for why ``n
 Concurrent calls share round trips (``GroupCommit``): the claims queued meanwhile go as
 one statement over ``unnest($1::text[], …)`` arrays, the completions as another (sent at
 the same time on a second connection), and so on; calls on the same key in one batch go
-in order, one statement after the other.
+in order, one statement after the other. A statement the database refuses for one call's
+data (a key too long for the primary key's index, a lease past the last timestamp) is
+split in halves and sent again until that call stands alone: its caller gets the error,
+the others their answers. A store failure fails the whole statement's calls.
 
 Records live ``retention`` after they were claimed, completed or failed. Expired rows are
 never answered as live (every statement checks ``expires_at``), and a background task
@@ -58,7 +61,7 @@ from ._base import (
     SettleResult,
     Unstable,
 )
-from ._group import GroupCommit
+from ._group import GroupCommit, isolate
 
 try:
     import asyncpg
@@ -152,10 +155,17 @@ CREATE INDEX IF NOT EXISTS "{name}_jobs_expires_idx" ON {jobs} (expires_at);
 # Each takes arrays (one element per operation; a batch has each key at most once) and
 # answers one row per operation, in order (``a.i``, the array position). Rows are
 # locked in key order (ORDER BY ... FOR UPDATE, or INSERT ... SELECT ... ORDER BY), so
-# two statements never wait on each other in a cycle. {t} is the records table, {j} the
-# job map; "expired" is expires_at <= now(): such a row is treated as absent everywhere.
+# two statements never wait on each other in a cycle. The order is byte order in every
+# statement (``_C``: COLLATE "C"), not the database's collation: a key from unnest(text[])
+# sorts by the database's default, and under en_US or ICU en-US (most managed
+# PostgreSQL) "k:a" comes before "k:B", where the table's own COLLATE "C" key sorts it
+# after; two statements that sorted the two ways would deadlock. {t} is the records
+# table, {j} the job map; "expired" is expires_at <= now(): such a row is treated as
+# absent everywhere.
 
 _SEC = "* interval '1 second'"
+#: Byte order, for every ORDER BY that decides in which order rows are locked.
+_C = 'COLLATE "C"'
 
 # claim: note the job id's key (unless a live note says another key), then upsert the
 # record: a new or expired one is made fresh; an in-flight one not in conflict whose
@@ -173,7 +183,7 @@ WITH a AS (
 ),
 j AS (
   INSERT INTO {{j}} AS n (job_id, key, expires_at)
-  SELECT a.job_id, a.key, {_CLOCK} + $7::float8 {_SEC} FROM a ORDER BY a.job_id
+  SELECT a.job_id, a.key, {_CLOCK} + $7::float8 {_SEC} FROM a ORDER BY a.job_id {_C}
   ON CONFLICT (job_id) DO UPDATE SET
     key = CASE WHEN n.expires_at <= {_CLOCK} THEN excluded.key ELSE n.key END,
     expires_at = CASE WHEN n.expires_at <= {_CLOCK} THEN excluded.expires_at ELSE n.expires_at END
@@ -186,7 +196,7 @@ rec AS (
   SELECT a.key, 'in_flight', a.job_id, a.fp, a.body, {_CLOCK}, a.token, {_CLOCK} + a.lease {_SEC},
          NULL, NULL, NULL, {_CLOCK} + $7::float8 {_SEC}
   FROM a JOIN js ON js.job_id = a.job_id AND js.key = a.key
-  ORDER BY a.key
+  ORDER BY a.key {_C}
   ON CONFLICT (key) DO UPDATE SET
     state = CASE WHEN r.expires_at <= {_CLOCK} THEN excluded.state ELSE r.state END,
     job_id = CASE WHEN r.expires_at <= {_CLOCK} THEN excluded.job_id ELSE r.job_id END,
@@ -232,7 +242,7 @@ u AS (
   INSERT INTO {{t}} AS r (key, state, job_id, fingerprint, body, first_sent_at, token, lease_until,
                          response, code, message, expires_at)
   SELECT a.key, 'done', '', '', NULL, {_CLOCK}, a.token, NULL, a.response, NULL, NULL, {_CLOCK} + $4::float8 {_SEC}
-  FROM a ORDER BY a.key
+  FROM a ORDER BY a.key {_C}
   ON CONFLICT (key) DO UPDATE SET
     state = 'done',
     job_id = CASE WHEN r.expires_at <= {_CLOCK} THEN '' ELSE r.job_id END,
@@ -255,7 +265,7 @@ _OWNED = f"""
 l AS MATERIALIZED (
   SELECT r.key FROM {{t}} r JOIN a ON r.key = a.key
   WHERE r.state = 'in_flight' AND r.token = a.token AND r.expires_at > {_CLOCK}
-  ORDER BY r.key FOR UPDATE OF r
+  ORDER BY r.key {_C} FOR UPDATE OF r
 )"""
 
 _ANSWER = f"""
@@ -308,7 +318,7 @@ gone AS (
 notes AS (
   DELETE FROM {{j}} n WHERE n.job_id IN (
     SELECT n2.job_id FROM {{j}} n2 JOIN gone ON n2.job_id = gone.job_id AND n2.key = gone.key
-    ORDER BY n2.job_id FOR UPDATE OF n2 SKIP LOCKED
+    ORDER BY n2.job_id {_C} FOR UPDATE OF n2 SKIP LOCKED
   )
 ),
 u AS (SELECT key FROM kept UNION ALL SELECT key FROM gone)""" + _ANSWER
@@ -322,7 +332,7 @@ WITH a AS (
 l AS MATERIALIZED (
   SELECT r.key FROM {{t}} r JOIN a ON r.key = a.key
   WHERE r.state = 'fatal' AND r.expires_at > {_CLOCK} AND (a.force OR r.code IS NULL OR r.code <> ALL($3::text[]))
-  ORDER BY r.key FOR UPDATE OF r
+  ORDER BY r.key {_C} FOR UPDATE OF r
 ),
 gone AS (
   DELETE FROM {{t}} r USING l WHERE r.key = l.key RETURNING r.key, r.job_id
@@ -330,7 +340,7 @@ gone AS (
 notes AS (
   DELETE FROM {{j}} n WHERE n.job_id IN (
     SELECT n2.job_id FROM {{j}} n2 JOIN gone ON n2.job_id = gone.job_id AND n2.key = gone.key
-    ORDER BY n2.job_id FOR UPDATE OF n2 SKIP LOCKED
+    ORDER BY n2.job_id {_C} FOR UPDATE OF n2 SKIP LOCKED
   )
 )
 SELECT gone.key IS NOT NULL FROM a LEFT JOIN gone ON gone.key = a.key ORDER BY a.i
@@ -381,12 +391,17 @@ class _Op:
     args: tuple[Any, ...]
 
 
+# What PostgreSQL text cannot hold: NUL, and a surrogate code point (a Python str may hold
+# one alone; UTF-8 cannot encode it).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
 def _clean(text: str) -> str:
     """``text`` as PostgreSQL ``text`` can hold it: NUL and unpaired surrogates replaced
     (a job id or a message with one would otherwise fail the whole batch it is in)."""
     if text.isascii() and "\x00" not in text:
         return text
-    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+    return _UNSTORABLE.sub("\ufffd", text)
 
 
 def _rounds(ops: Sequence[_Op]) -> list[list[int]]:
@@ -442,6 +457,17 @@ def _claim_answer(op: _Op, row: Any) -> ClaimResult:
             return Claimed(True, payload, fp, row[10], 0.0)
         return Claimed(False, bytes(row[5]), recorded_fp, row[10], row[11])
     return Busy(max(0.0, row[12]))
+
+
+def _data_error(exc: Exception) -> bool:
+    """Whether a statement failed for some call's data, not for the store: a data exception
+    (SQLSTATE class 22: a value out of range, a character the encoding cannot hold; also
+    what asyncpg raises for an argument it cannot encode), an integrity violation (23), or
+    a program limit (54: a key too long for the btree). The same calls would fail the same
+    way again, and the calls without the culprit would not. Everything else (the server
+    down, a timeout, the table missing, a deadlock, resources) is the store's."""
+    return isinstance(exc, (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError,
+                            asyncpg.ProgramLimitExceededError))
 
 
 def _unavailable(exc: BaseException) -> LedgerUnavailableError:
@@ -833,21 +859,28 @@ class PostgresLedger:
         return results
 
     async def _run_kind(self, kind: str, ops: list[_Op], indexes: list[int], results: list[Any]) -> None:
-        try:
-            rows = await self._fetch(self._sql[kind], *self._params(kind, ops))
-            if len(rows) != len(ops):
-                raise LedgerUnavailableError(f"{kind}: {len(rows)} answers for {len(ops)} calls")
-            for i, op, row in zip(indexes, ops, rows, strict=True):
-                try:
-                    results[i] = self._answer(kind, op, row)
-                except (LedgerUnavailableError, ValueError, TypeError, IndexError) as exc:
-                    results[i] = exc if isinstance(exc, LedgerUnavailableError) else LedgerUnavailableError(
-                        f"malformed {kind} answer for key {op.key!r}: {exc}"
-                    )
-        except Exception as exc:
-            failure = exc if isinstance(exc, LedgerUnavailableError) else self._fail(exc)
-            for i in indexes:
-                results[i] = failure
+        """One statement for ``ops`` (all of one kind); a statement refused for one call's
+        data is split until that call stands alone (``isolate``): it alone gets the error."""
+
+        async def statement(part: Sequence[_Op]) -> list[Any]:
+            rows = await self._fetch(self._sql[kind], *self._params(kind, list(part)))
+            if len(rows) != len(part):
+                raise LedgerUnavailableError(f"{kind}: {len(rows)} answers for {len(part)} calls")
+            return rows
+
+        failures: dict[int, LedgerUnavailableError] = {}  # one error object per statement's failure
+        for i, op, row in zip(indexes, ops, await isolate(statement, ops, _data_error), strict=True):
+            if isinstance(row, Exception):
+                if id(row) not in failures:
+                    failures[id(row)] = row if isinstance(row, LedgerUnavailableError) else self._fail(row)
+                results[i] = failures[id(row)]
+                continue
+            try:
+                results[i] = self._answer(kind, op, row)
+            except (LedgerUnavailableError, ValueError, TypeError, IndexError) as exc:
+                results[i] = exc if isinstance(exc, LedgerUnavailableError) else LedgerUnavailableError(
+                    f"malformed {kind} answer for key {op.key!r}: {exc}"
+                )
 
     def _params(self, kind: str, ops: list[_Op]) -> list[Any]:
         """The statement's arguments. Every array is ``text[]`` (cast in the SQL) and the
