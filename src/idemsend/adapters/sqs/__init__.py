@@ -67,7 +67,9 @@ give ``max_attempts`` and ``maxReceiveCount`` headroom on FIFO queues with busy 
 **Lambda.** ``SQSBatchHandler`` answers with a partial batch response (``ReportBatchItemFailures``
 must be on in the event source mapping); see its docstring. For a retryable outcome the delay
 is the queue's visibility timeout (Lambda leaves a failed record in flight until it lapses),
-or the retry delay when the handler is given a ``client`` to call ``ChangeMessageVisibility``.
+or the retry delay when the handler is given a ``client`` to call ``ChangeMessageVisibility``;
+with a client a FIFO group's records behind a failure are released at once, as the consumer
+releases them.
 """
 
 from ..._errors import MissingExtraError
