@@ -98,7 +98,7 @@ async def test_a_fatal_error_is_a_failure_with_its_reason_and_no_retry(
         assert code == "VALIDATION_ERROR" and retryable is False and "VALIDATION_ERROR" in message
         assert maybe_sent is False
         await asyncio.sleep(2.0)  # nothing runs it again: no retry, no requeue
-        assert provider.stats.requests == 1  # (the provider refuses a non-object body before it counts arrivals)
+        assert provider.stats.requests == 1 and len(provider.arrivals[key(data, task_id)]) == 1
         assert w.meta(task_id)["status"] == "FAILURE"  # type: ignore[index]
     finally:
         await w.stop()
