@@ -85,8 +85,8 @@ def terminal(meta: dict[str, Any]) -> Terminal | None:
         return None  # PENDING (gone), RETRY, STARTED
     result = result if isinstance(result, dict) else {}
     exc_type, message = result.get("exc_type"), result.get("exc_message")
-    if exc_type == "SendFailed" and isinstance(message, list) and len(message) == 3:
-        text, code, retryable = message
+    if exc_type == "SendFailed" and isinstance(message, list) and len(message) in (3, 4):  # 4: with maybe_sent
+        text, code, retryable = message[:3]
         if retryable:  # the last retry's real reason
             return Terminal("failed", reason=str(text))
         return Terminal("fatal", code=str(code), reason=str(text))

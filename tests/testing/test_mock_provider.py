@@ -80,6 +80,19 @@ async def test_bad_bodies_and_keys(mock_provider: MockProvider) -> None:
     assert mock_provider.sends == 0
 
 
+async def test_a_refused_body_is_still_an_arrival_of_its_key(mock_provider: MockProvider) -> None:
+    """Per-key request counts include what the provider refuses for its body (a 422 for a
+    non-object, a 400 for bad JSON); only a request that fails authentication is not one."""
+    assert (await post(mock_provider, [1, 2], key="k-list"))[0] == 422
+    async with aiohttp.ClientSession() as s, s.post(
+        mock_provider.emails_url, data=b"{", headers={**AUTH, "Idempotency-Key": "k-json"}
+    ) as resp:
+        assert resp.status == 400
+    assert (await post(mock_provider, {"to": []}, key="k-auth", headers={"Authorization": "Bearer nope"}))[0] == 401
+    assert {key: len(times) for key, times in mock_provider.arrivals.items()} == {"k-list": 1, "k-json": 1}
+    assert mock_provider.stats.requests == 3 and mock_provider.sends == 0
+
+
 async def test_batch_rejects_keys_and_accepts_lists(mock_provider: MockProvider) -> None:
     status, _, body = await post(mock_provider, [{"to": ["a"]}], path="/batch")
     assert status == 400 and body["error"]["code"] == "IDEMPOTENCY_NOT_SUPPORTED"

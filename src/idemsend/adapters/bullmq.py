@@ -21,7 +21,8 @@ await Queue("emails", {"connection": REDIS_URL}).add(     # the producer
 ``idem.serve(...)`` (or ``async with idem.worker(...) as worker:``) starts the Engine,
 checks the worker's options against it, runs a ``bullmq.Worker`` and, at the end, closes
 the worker (it waits for the jobs in flight) and then the Engine; ``serve`` also raises
-when BullMQ's worker loop ends by itself, so the process exits and is restarted. The job
+RuntimeError when Redis does not answer at start (``connect_timeout``, 10 s) or BullMQ's
+worker loop ends by itself, so the process exits and is restarted. The job
 id is ``job.id``; the try number is ``job.attemptsMade + 1``.
 
 The adapter kit's outcomes in BullMQ's terms:
@@ -82,6 +83,7 @@ from .._engine import Engine
 from .._errors import ConfigError, FatalError, MissingExtraError, RetryableError
 from .._keys import Job
 from .._log import fields
+from .._redact import safe_url
 from ._common import DEFAULT_MAX_TRIES, DEFAULT_RETRY_BASE, EngineFactory, build_engine
 from ._kit import GiveUp, RetryIn, Succeeded, check_retry_base, check_tries, run_job
 
@@ -92,6 +94,7 @@ except ImportError as exc:
 
 __all__ = [
     "BACKOFF_TYPE",
+    "CONNECT_TIMEOUT",
     "BullMQAdapter",
     "BullMQRetry",
     "Processor",
@@ -109,6 +112,9 @@ BACKOFF_TYPE = "idemsend"
 #: BullMQ's defaults (milliseconds), for the checks at start.
 _LOCK_DURATION = 30_000
 _STALLED_INTERVAL = 30_000
+
+#: Seconds ``serve`` waits for the worker's Redis to answer at start before it raises.
+CONNECT_TIMEOUT = 10.0
 
 #: A BullMQ processor: ``async def process(job, token) -> result``.
 Processor = Callable[..., Awaitable[Any]]
@@ -206,6 +212,61 @@ def _attempts(job: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return 1
     return max(1, int(value))
+
+
+def _redis_location(connection: Any) -> str:
+    """Where a BullMQ ``connection`` option points, without its credentials: a URL's
+    userinfo and query dropped, a dict or a redis-py client read as ``redis://host:port/db``."""
+    if connection is None:
+        return "redis://localhost:6379"
+    if isinstance(connection, str):
+        return safe_url(connection)
+    if isinstance(connection, Mapping):
+        kwargs: Mapping[str, Any] = connection
+    else:
+        kwargs = getattr(getattr(connection, "connection_pool", None), "connection_kwargs", None) or {}
+        if not kwargs:
+            return f"<{type(connection).__name__}>"
+    if kwargs.get("path"):
+        return f"unix://{kwargs['path']}"
+    return f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+
+
+async def _reach(worker: Any, queue: str, connection: Any, timeout: float, stop: asyncio.Event) -> bool:
+    """Wait for the worker's Redis to answer (True), or for ``stop`` (False); RuntimeError
+    naming where Redis was looked for when it does not answer within ``timeout``."""
+    backend = getattr(worker, "backend", None)
+    ready = getattr(backend, "waitUntilReady", None) or getattr(getattr(worker, "client", None), "ping", None)
+    if ready is None:  # a bullmq without either: its loop says so by ending
+        return True
+    answer = asyncio.ensure_future(ready())
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({answer, stopping}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not answer.done():
+            answer.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await answer
+    if answer.done() and not answer.cancelled() and answer.exception() is None:
+        return True
+    if stop.is_set():
+        return False
+    error = None if not answer.done() or answer.cancelled() else answer.exception()
+    reason = f"no answer within {timeout:g}s" if error is None else f"{type(error).__name__}: {error}"[:300]
+    raise RuntimeError(
+        f"the BullMQ worker of queue {queue!r} cannot reach Redis at {_redis_location(connection)} ({reason})"
+    ) from error
+
+
+async def _close_connections(worker: Any) -> None:
+    close = getattr(getattr(worker, "backend", None), "close", None)
+    if close is not None:
+        try:
+            await close()
+        except Exception as exc:
+            log.debug("closing the BullMQ worker's connections: %r", exc)
 
 
 def _fatal_reason(code: str, error: BaseException) -> str:
@@ -326,24 +387,43 @@ class BullMQAdapter:
                 await self.close()
 
     async def serve(
-        self, queue: str, processor: Processor, opts: Mapping[str, Any] | None = None, *, stop: asyncio.Event
+        self, queue: str, processor: Processor, opts: Mapping[str, Any] | None = None, *, stop: asyncio.Event,
+        connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
         """Run one worker (as ``worker`` does) until ``stop`` is set, then close it gracefully
-        (the jobs in flight finish, then the Engine closes). If BullMQ's worker loop ends by
-        itself (Redis unreachable at start, a bug), raise RuntimeError, so the process exits
-        and its supervisor starts a fresh one instead of idling with no loop."""
-        async with self.worker(queue, processor, {**(opts or {}), "autorun": False}) as worker:
-            run = asyncio.ensure_future(worker.run())
-            stopping = asyncio.ensure_future(stop.wait())
-            try:
-                await asyncio.wait({run, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stopping.cancel()
-            if run.done():
-                error = None if run.cancelled() else run.exception()
-                raise RuntimeError(f"the BullMQ worker loop of queue {queue!r} ended by itself") from error
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await run  # closing the worker ends its loop
+        (the jobs in flight finish, then the Engine closes). If the worker's Redis does not
+        answer within ``connect_timeout`` seconds at start, or BullMQ's worker loop ends by
+        itself (a bug), raise RuntimeError, so the process exits and its supervisor starts a
+        fresh one instead of idling with no loop (BullMQ itself retries a refused connection
+        for minutes)."""
+        if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, int | float) or not (
+            math.isfinite(connect_timeout) and connect_timeout > 0
+        ):
+            raise ConfigError(f"connect_timeout must be a number of seconds > 0, got {connect_timeout!r}")
+        options = {**(opts or {}), "autorun": False}
+        worker: Any = None
+        run: asyncio.Future[Any] | None = None
+        try:
+            async with self.worker(queue, processor, options) as worker:
+                if not await _reach(worker, queue, options.get("connection"), connect_timeout, stop):
+                    return  # stopped before Redis answered
+                run = asyncio.ensure_future(worker.run())
+                stopping = asyncio.ensure_future(stop.wait())
+                try:
+                    await asyncio.wait({run, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stopping.cancel()
+                if run.done():
+                    error = None if run.cancelled() else run.exception()
+                    raise RuntimeError(f"the BullMQ worker loop of queue {queue!r} ended by itself") from error
+        finally:
+            if run is not None:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await run  # closing the worker ends its loop
+            if worker is not None:
+                # a loop that began after close() (a stop at once) names its connections
+                # then, which opens them again: close them once it has ended
+                await _close_connections(worker)
 
     # -- the processor side ----------------------------------------------------------------
 

@@ -117,15 +117,21 @@ class SendFailed(IdemsendError):
 
     ``code`` is the fatal code (``IDEMPOTENCY_MISMATCH``, ``VALIDATION_ERROR``, …) or, when
     the task's retries ran out on a retryable error, its reason (``retryable`` is then
-    True). The real error is ``__cause__`` in the worker (``task_failure`` receivers,
-    ``on_failure``, error trackers see both). The arguments are plain strings and a bool,
-    so Celery's JSON result serializer stores them and ``AsyncResult.result`` rebuilds the
-    same error, ``code`` included.
+    True). ``maybe_sent`` is the real error's: True when a request for the job's key may
+    have run at the provider, so a job given up on is not known to be unsent. The real
+    error is ``__cause__`` in the worker (``task_failure`` receivers, ``on_failure``, error
+    trackers see both).
+
+    The arguments are ``(message, code, retryable, maybe_sent)``, plain strings and bools:
+    Celery's JSON result serializer stores them, and ``AsyncResult.result`` rebuilds this
+    error from them in a process that imported this module (Celery looks the class up in
+    ``sys.modules`` and never imports one); elsewhere it is an exception Celery makes up
+    with the same name and ``args``. With the pickle serializer any process gets this error.
     """
 
-    def __init__(self, message: str, code: str = "FATAL", retryable: bool = False) -> None:
-        super().__init__(message)
-        self.args = (message, code, retryable)
+    def __init__(self, message: str, code: str = "FATAL", retryable: bool = False, maybe_sent: bool = False) -> None:
+        super().__init__(message, maybe_sent=maybe_sent)
+        self.args = (message, code, retryable, maybe_sent)
         self.code = code
         self.retryable = retryable
 
@@ -297,7 +303,9 @@ class CeleryAdapter:
                     )
                     raise Reject(rejected.reason, requeue=True) from error
             case GiveUp(error, retryable=retryable):
-                raise SendFailed(str(error), code=outcome.code, retryable=retryable) from error
+                raise SendFailed(
+                    str(error), code=outcome.code, retryable=retryable, maybe_sent=outcome.maybe_sent
+                ) from error
         raise AssertionError(f"unexpected outcome {outcome!r}")  # pragma: no cover
 
     def engine(self) -> Engine:

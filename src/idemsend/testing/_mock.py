@@ -92,7 +92,9 @@ class MockProvider:
     default (``idemsend mock-provider`` has the same default); ``api_key=None`` accepts any
     non-empty bearer token.
     ``clock`` (seconds) drives the window and the in-flight window, so a test can
-    expire keys without waiting.
+    expire keys without waiting. ``arrivals[key]`` holds the arrival time of every
+    authorized request with that ``Idempotency-Key``, whatever it was answered (a body
+    refused with 400 or 422 included).
     """
 
     def __init__(
@@ -270,6 +272,9 @@ class MockProvider:
     async def _handle_send(self, request: web.Request) -> web.StreamResponse:
         if not self._authorized(request):
             return _error(401, "UNAUTHORIZED", "missing or invalid API key")
+        key = request.headers.get("Idempotency-Key")
+        if key is not None:  # counted before any answer about the body, so a refused body is a try too
+            self.arrivals.setdefault(key, []).append(time.time())
         raw = await request.read()
         try:
             body = json.loads(raw)
@@ -277,9 +282,6 @@ class MockProvider:
             return _error(400, "INVALID_JSON", "the body is not JSON")
         if not isinstance(body, dict):
             return _error(422, "VALIDATION_ERROR", "the body must be a JSON object")
-        key = request.headers.get("Idempotency-Key")
-        if key is not None:
-            self.arrivals.setdefault(key, []).append(time.time())
         if key is not None and not 0 < len(key) <= MAX_KEY_LENGTH:
             return _error(400, "INVALID_IDEMPOTENCY_KEY", f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
         if self.faults.latency:

@@ -115,6 +115,8 @@ def test_the_last_retry_fails_with_the_real_reason(app: Celery, adapters: list[C
     assert task.retried == []
     assert caught.value.retryable and "503" in str(caught.value)
     assert isinstance(caught.value.__cause__, RetryableError)
+    assert caught.value.maybe_sent is True and caught.value.__cause__.maybe_sent  # a 503 may follow a run
+    assert caught.value.args[3] is True  # stored by the result backend with the rest
 
 
 def test_a_fatal_error_fails_at_once_and_is_never_retried(app: Celery, adapters: list[CeleryAdapter]) -> None:
@@ -125,6 +127,7 @@ def test_a_fatal_error_fails_at_once_and_is_never_retried(app: Celery, adapters:
     assert task.retried == []
     assert caught.value.code == "VALIDATION_ERROR" and not caught.value.retryable
     assert isinstance(caught.value.__cause__, FatalError)
+    assert caught.value.maybe_sent is False  # a validation error: nothing ran
 
 
 def test_unlimited_retries_never_give_up(app: Celery, adapters: list[CeleryAdapter]) -> None:
@@ -148,12 +151,15 @@ def test_a_retry_that_cannot_be_published_requeues_the_message(
 
 def test_send_failed_survives_celerys_json_result_backend(app: Celery) -> None:
     backend = app.backend
-    error = SendFailed("IDEMPOTENCY_MISMATCH: x", "IDEMPOTENCY_MISMATCH")
+    error = SendFailed("IDEMPOTENCY_MISMATCH: x", "IDEMPOTENCY_MISMATCH", False, True)
     stored = json.loads(json.dumps(backend.prepare_exception(error)))
     assert stored["exc_type"] == "SendFailed" and stored["exc_message"] == ["IDEMPOTENCY_MISMATCH: x",
-                                                                          "IDEMPOTENCY_MISMATCH", False]
+                                                                          "IDEMPOTENCY_MISMATCH", False, True]
     back = backend.exception_to_python(stored)
     assert isinstance(back, SendFailed) and back.code == "IDEMPOTENCY_MISMATCH" and not back.retryable
+    assert back.maybe_sent is True
+    old = backend.exception_to_python({**stored, "exc_message": stored["exc_message"][:3]})  # stored by 0.2
+    assert isinstance(old, SendFailed) and old.maybe_sent is False
     assert str(back) == "IDEMPOTENCY_MISMATCH: x"
 
 

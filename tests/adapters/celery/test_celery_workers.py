@@ -94,10 +94,11 @@ async def test_a_fatal_error_is_a_failure_with_its_reason_and_no_retry(
         assert meta["status"] == "FAILURE" and meta["retries"] == 0, meta
         failure = meta["result"]
         assert failure["exc_type"] == "SendFailed"
-        message, code, retryable = failure["exc_message"]
+        message, code, retryable, maybe_sent = failure["exc_message"]
         assert code == "VALIDATION_ERROR" and retryable is False and "VALIDATION_ERROR" in message
+        assert maybe_sent is False
         await asyncio.sleep(2.0)  # nothing runs it again: no retry, no requeue
-        assert provider.stats.requests == 1  # (the provider refuses a non-object body before it counts arrivals)
+        assert provider.stats.requests == 1 and len(provider.arrivals[key(data, task_id)]) == 1
         assert w.meta(task_id)["status"] == "FAILURE"  # type: ignore[index]
     finally:
         await w.stop()
@@ -112,8 +113,9 @@ async def test_the_last_retry_stores_the_real_reason(redis_url: str, provider: M
         w.send(data, body, task_id)
         meta = await w.wait(task_id)
         assert meta["status"] == "FAILURE" and meta["retries"] == 2, meta
-        message, _code, retryable = meta["result"]["exc_message"]
+        message, _code, retryable, maybe_sent = meta["result"]["exc_message"]
         assert meta["result"]["exc_type"] == "SendFailed" and retryable is True
+        assert maybe_sent is True  # 503s: the provider may have run it
         assert "HTTP 503" in message, message  # not Celery's "max retries exceeded"
         assert len(provider.arrivals[key(data, task_id)]) == 3 and provider.sends_for(key(data, task_id)) == 0
     finally:

@@ -253,6 +253,65 @@ async def test_shutdown_past_its_deadline_releases_what_still_runs(sqs: Any) -> 
     assert answer["Messages"][0]["Attributes"]["ApproximateReceiveCount"] == "2"  # back at once, for another consumer
 
 
+class PollClock(SpyClient):
+    """A SpyClient that also notes when each long poll began (``time.monotonic()``)."""
+
+    def __init__(self, client: Any) -> None:
+        super().__init__(client)
+        self.polls: list[float] = []
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "receive_message":
+            self.polls.append(time.monotonic())
+        return super().__getattr__(name)
+
+
+@pytest.mark.parametrize("cut_off", ["deadline", "second stop"])
+async def test_a_cut_off_stop_releases_its_message_for_another_consumer_at_once(
+    sqs: Any, caplog: pytest.LogCaptureFixture, cut_off: str
+) -> None:
+    """A send cut off by the shutdown deadline, or by a second ``stop()``, while a long poll
+    is open: the released message must not go to that poll (SQS would keep it in flight for
+    the queue's 30 s visibility timeout with no consumer left). Another consumer that asks
+    once every poll of this one is over, however it ended, gets it within seconds. And the
+    log says how long the shutdown really took."""
+    url = await make_queue(sqs)
+    await send(sqs, url, message("cut"), job_id="job-cut")
+    arrived = asyncio.Event()
+
+    async def never(request: TransportRequest) -> RawResponse:  # a send that never ends
+        arrived.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    def factory() -> Engine:
+        return Engine("https://api.example.com/v1/emails", key="welcome:{user_id}:{job_id}", api_key="k-123456",
+                      transport=MockTransport(never), retry=0)
+
+    wait_time, timeout = 3, (0.5 if cut_off == "deadline" else 600.0)
+    spy = PollClock(sqs)
+    consumer = SQSConsumer(factory, url, client=spy, wait_time=wait_time, shutdown_timeout=timeout)
+    task = asyncio.create_task(consumer.run())
+    await until(arrived.is_set, "the send under way")
+    with caplog.at_level("WARNING", logger="idemsend.adapters.sqs"):
+        started = time.monotonic()
+        consumer.stop()
+        if cut_off == "second stop":
+            consumer.stop()
+        await asyncio.wait_for(task, 60)
+        took = time.monotonic() - started
+    assert consumer.stats.released >= 1 and consumer.stats.deleted == 0
+    # moto ends a long poll wait_time after it began (an abandoned one too): past that, with
+    # a wide margin, nothing of this consumer's can take the message any more
+    await asyncio.sleep(max(0.0, spy.polls[-1] + wait_time + 3 - time.monotonic()))
+    answer = await sqs.receive_message(QueueUrl=url, WaitTimeSeconds=5)
+    assert [m["Body"] for m in answer.get("Messages", [])] == [message("cut")], "the released message is in flight"
+    said = [r.getMessage() for r in caplog.records if "still going after" in r.getMessage()]
+    assert len(said) == 1, said
+    seconds = float(said[0].split("still going after ")[1].split("s")[0])
+    assert (0.5 if cut_off == "deadline" else 0.0) <= seconds <= took + 0.05, (said, took)
+
+
 async def test_concurrency_bounds_the_messages_in_flight(provider: MockProvider, sqs: Any) -> None:
     url = await make_queue(sqs)
     for i in range(12):

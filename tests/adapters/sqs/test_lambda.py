@@ -243,6 +243,40 @@ async def test_with_a_client_a_retry_is_hidden_for_its_delay(
 
 
 @pytest.mark.processes
+async def test_with_a_client_a_fifo_groups_later_records_are_released_behind_its_failure(
+    provider: MockProvider, sqs: Any, boto3_sqs: Any
+) -> None:
+    """As the consumer does: a1 is hidden for its retry delay, a2 and a3 (reported failed,
+    untried) are released at once, so the group comes back after a1's delay, not after
+    the queue's visibility timeout (60 s)."""
+    url = await make_queue(sqs, fifo=True, VisibilityTimeout="60")
+    for name in ("a1", "a2", "a3"):
+        await send(sqs, url, message(name), job_id=f"job-{name}", MessageGroupId="A", MessageDeduplicationId=name)
+    provider.faults.retry_after = 2
+    provider.script("429", key="welcome:a1:job-a1")
+    spy = SpyClient(boto3_sqs)
+    handler = SQSBatchHandler(engine_factory(provider), client=spy)
+    event = await _lambda_event(sqs, url, 3)
+    ids = [r["messageAttributes"]["idemsend-job-id"]["stringValue"] for r in event["Records"]]
+    assert ids == ["job-a1", "job-a2", "job-a3"]
+    try:
+        answer = await asyncio.to_thread(handler, event, Context(60))
+    finally:
+        await asyncio.to_thread(handler.close)
+    assert answer == {"batchItemFailures": [{"itemIdentifier": r["messageId"]} for r in event["Records"]]}
+    by_handle = {r["receiptHandle"]: r["messageAttributes"]["idemsend-job-id"]["stringValue"] for r in event["Records"]}
+    hidden = {by_handle[c["ReceiptHandle"]]: c["VisibilityTimeout"] for c in spy.seen("change_message_visibility")}
+    assert hidden == {"job-a1": 2, "job-a2": 0, "job-a3": 0}
+    assert await counts(sqs, url) == (2, 1)  # a2, a3 visible (their group waits behind a1), a1 hidden
+    assert provider.sends == 0 and sorted(provider.arrivals) == ["welcome:a1:job-a1"]  # a2, a3 never tried
+
+    async def back() -> bool:
+        return await counts(sqs, url) == (3, 0)
+
+    await until(back, "the whole group visible again after a1's 2 s delay", timeout=30)
+
+
+@pytest.mark.processes
 async def test_redrive_releases_the_record_at_once_with_an_async_client(provider: MockProvider, sqs: Any) -> None:
     url = await make_queue(sqs, VisibilityTimeout="60")
     await send(sqs, url, "{not json")

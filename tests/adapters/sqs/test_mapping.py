@@ -159,6 +159,7 @@ async def test_a_retryable_error_is_a_visibility_change_by_the_backoff_or_retry_
     assert settle(backoff.outcome) in (Hide(2), Hide(3))
     assert isinstance(named.outcome, RetryIn) and settle(named.outcome) == Hide(30)
     assert named.record()["state"] == "retrying" and not named.final
+    assert backoff.record()["maybe_sent"] is True and named.record()["maybe_sent"] is False  # a 429 ran nothing
 
 
 async def test_the_last_receive_gives_up_with_the_real_reason() -> None:
@@ -166,6 +167,7 @@ async def test_the_last_receive_gives_up_with_the_real_reason() -> None:
     assert isinstance(tried.outcome, GiveUp) and tried.outcome.retryable
     record = tried.record()
     assert record["state"] == "failed" and "503" in record["message"]
+    assert record["maybe_sent"] is True and tried.outcome.maybe_sent  # a 503 may follow a run: not "unsent"
     assert settle(tried.outcome) == Delete() and settle(tried.outcome, give_up="redrive") == Hide(0)
     later = await _try(scripted(error(503, "UNAVAILABLE")), api_message(count=4), max_attempts=None)
     assert isinstance(later.outcome, RetryIn)  # no limit: the redrive policy decides
@@ -177,3 +179,4 @@ async def test_a_fatal_error_and_an_unreadable_message_give_up() -> None:
     assert isinstance(fatal.outcome, GiveUp) and fatal.record()["code"] == "VALIDATION_ERROR"
     assert isinstance(bad.outcome, GiveUp) and not bad.outcome.retryable and bad.job_id is None
     assert bad.record()["state"] == "fatal" and bad.record()["code"] == BAD_MESSAGE and bad.final
+    assert fatal.record()["maybe_sent"] is False and bad.record()["maybe_sent"] is False

@@ -50,8 +50,10 @@ back to the queue. A killed worker's messages come back when their visibility la
 returns (at most ``wait_time`` seconds; what it brings is released at once) and running
 sends finish, for up to ``shutdown_timeout`` seconds; then what still runs is cancelled and
 every message not settled is released (visibility 0), so another consumer takes it at once
-(the ledger's lease keeps that safe). A second ``stop()`` skips the wait. A poll cut short
-may have been handed messages: they come back after the visibility timeout.
+(the ledger's lease keeps that safe). A second ``stop()`` skips the wait. A long poll
+cancelled client-side stays open at SQS, which would hand it what was just released, so
+after such a release the poll under way is let end (it brings those messages back at once,
+and they are released again) and cancelled only past its ``wait_time``.
 
 **FIFO queues.** SQS hands out a message group's messages in order and no more of a group
 while one is in flight. The consumer runs one group's messages one at a time, in order
@@ -65,7 +67,9 @@ give ``max_attempts`` and ``maxReceiveCount`` headroom on FIFO queues with busy 
 **Lambda.** ``SQSBatchHandler`` answers with a partial batch response (``ReportBatchItemFailures``
 must be on in the event source mapping); see its docstring. For a retryable outcome the delay
 is the queue's visibility timeout (Lambda leaves a failed record in flight until it lapses),
-or the retry delay when the handler is given a ``client`` to call ``ChangeMessageVisibility``.
+or the retry delay when the handler is given a ``client`` to call ``ChangeMessageVisibility``;
+with a client a FIFO group's records behind a failure are released at once, as the consumer
+releases them.
 """
 
 from ..._errors import MissingExtraError

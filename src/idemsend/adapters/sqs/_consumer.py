@@ -58,6 +58,8 @@ MIN_HEARTBEAT_VISIBILITY = 3
 # message: extensions stop this much short of it.
 _LIMIT_MARGIN = 30.0
 _SQS_ERRORS = (BotoCoreError, ClientError)
+# How long past its wait a long poll may take to answer (the clocks, the network).
+_POLL_MARGIN = 5.0
 
 
 @dataclass
@@ -194,6 +196,7 @@ class SQSConsumer:
         self._held = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._heartbeat_span = math.inf
+        self._poll_ends = 0.0  # loop.time() by which the long poll under way ends at SQS
         self._system_names = "MessageSystemAttributeNames"
         self._running = False
         self._ran = False
@@ -333,7 +336,8 @@ class SQSConsumer:
         finishes (what it brings is released at once) and running sends finish. Then what
         is left is cancelled, and every message not settled is released (visibility 0)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.shutdown_timeout
+        began = loop.time()
+        deadline = began + self.shutdown_timeout
         hurry = asyncio.create_task(self._hurry.wait())
         try:
             while not self._hurry.is_set():
@@ -344,15 +348,29 @@ class SQSConsumer:
                 await asyncio.wait({*waiting, hurry}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
         finally:
             hurry.cancel()
-            pending = {task for task in (poller, *self._tasks) if not task.done()}
-            for task in pending:
-                task.cancel()
-            running = len(pending - {poller})
-            if running:
-                log.warning("shutdown: %d message run(s) still going after %.0fs: cancelled, their messages released",
-                            running, self.shutdown_timeout)
-            if pending:
-                await asyncio.wait(pending)
+            await self._cut_off(poller, began)
+
+    async def _cut_off(self, poller: asyncio.Task[None], began: float) -> None:
+        """Cancel the runs still going (each releases its messages), then end the poll.
+
+        A long poll abandoned client-side stays open at SQS until its wait ends, and SQS
+        hands it what is released meanwhile, in flight for a whole visibility timeout with
+        no consumer left. So the poll is not cancelled while the released messages could
+        reach it: it is let end on its own (it brings them back at once, and they are
+        released again), and cancelled only past the end of its wait."""
+        loop = asyncio.get_running_loop()
+        runs = {task for task in self._tasks if not task.done()}
+        for task in runs:
+            task.cancel()
+        if runs:
+            log.warning("shutdown: %d message run(s) still going after %.1fs: cancelled, their messages released",
+                        len(runs), loop.time() - began)
+            await asyncio.wait(runs)
+            if not poller.done():
+                await asyncio.wait({poller}, timeout=max(0.0, self._poll_ends - loop.time()) + _POLL_MARGIN)
+        if not poller.done():
+            poller.cancel()
+            await asyncio.wait({poller})
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -370,6 +388,7 @@ class SQSConsumer:
                     waiter.cancel()
                     stopper.cancel()
                 continue
+            self._poll_ends = asyncio.get_running_loop().time() + self.wait_time
             try:
                 answer = await client.receive_message(**{
                     "QueueUrl": self.queue_url, "MaxNumberOfMessages": min(10, room),

@@ -63,7 +63,9 @@ class SQSBatchHandler:
 
     FIFO records (with ``MessageGroupId``) run one group at a time in order; after a
     group's first failure its later records are reported as failed without being tried, so
-    the group keeps its order. ``max_attempts`` (default 10) counts ``ApproximateReceiveCount``:
+    the group keeps its order, and with ``client`` they are released (visibility 0), as the
+    consumer does: SQS hands them out again behind the failed one instead of after the
+    queue's visibility timeout. ``max_attempts`` (default 10) counts ``ApproximateReceiveCount``:
     keep it at or under the redrive policy's ``maxReceiveCount``.
     """
 
@@ -149,10 +151,11 @@ class SQSBatchHandler:
                     hides.append((message, hide))
                 if not ok:
                     failed.add(message.message_id)
-                    if message.group_id is not None:  # FIFO: the rest of the group waits behind it
-                        for later in group[group.index(message) + 1:]:
+                    if message.group_id is not None:  # FIFO: the rest of the group waits behind it,
+                        for later in group[group.index(message) + 1:]:  # released at once (with a client)
                             failed.add(later.message_id)
                             settled.add(later.message_id)
+                            hides.append((later, 0))
                         return
 
         tasks = [asyncio.create_task(run_group(group)) for group in groups.values()]

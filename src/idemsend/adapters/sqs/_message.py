@@ -197,7 +197,9 @@ class SQSOutcome:
     def record(self) -> dict[str, Any]:
         """A plain, JSON-able account of the try (what a results store keeps): ``state`` is
         ``sent``, ``retrying``, ``fatal`` or ``failed`` (the tries ran out on a retryable
-        error, ``reason`` says which), with ``message_id``, ``job_id`` and ``attempt``."""
+        error, ``reason`` says which), with ``message_id``, ``job_id`` and ``attempt``; every
+        state but ``sent`` also has ``maybe_sent`` (True when a request for the job's key may
+        have run at the provider: a job given up on is then not known to be unsent)."""
         base: dict[str, Any] = {
             "message_id": self.message.message_id, "job_id": self.job_id, "attempt": self.message.receive_count,
         }
@@ -206,11 +208,20 @@ class SQSOutcome:
             case Succeeded(result):
                 return {**result, **base}
             case RetryIn(delay, error):
-                return {**base, "state": "retrying", "reason": error.reason, "delay": delay, "message": str(error)}
+                return {
+                    **base, "state": "retrying", "reason": error.reason, "delay": delay, "message": str(error),
+                    "maybe_sent": outcome.maybe_sent,
+                }
             case GiveUp(error, retryable=True):
-                return {**base, "state": "failed", "reason": outcome.code, "message": str(error)}
+                return {
+                    **base, "state": "failed", "reason": outcome.code, "message": str(error),
+                    "maybe_sent": outcome.maybe_sent,
+                }
             case GiveUp(error):
-                return {**base, "state": "fatal", "code": outcome.code, "message": str(error)}
+                return {
+                    **base, "state": "fatal", "code": outcome.code, "message": str(error),
+                    "maybe_sent": outcome.maybe_sent,
+                }
         raise TypeError(f"not a JobOutcome: {outcome!r}")
 
 
