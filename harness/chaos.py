@@ -243,7 +243,7 @@ class _Tables:
 
         conn = await asyncpg.connect(self.url.split("?", 1)[0])
         try:
-            await conn.execute(f'DROP TABLE IF EXISTS "{self.table}", "{self.table}_jobs"')
+            await conn.execute(f'DROP TABLE IF EXISTS "{self.table}", "{self.table}_jobs", "{self.table}_jti"')
         finally:
             await conn.close()
 
@@ -253,12 +253,15 @@ async def _own_tables(ledger: str | None, prefix: str) -> _Tables:
     names them) before any worker starts: workers do not create tables."""
     if ledger is None or not ledger.startswith(("postgresql://", "postgres://")):
         return _Tables()
+    from idemsend.adapters.qstash import PostgresReplayGuard
     from idemsend.ledger import ledger_from_url
     from idemsend.ledger._url import postgres_table_for_prefix
 
     made = ledger_from_url(ledger, prefix=prefix)
     try:
         await made.migrate()  # type: ignore[attr-defined]
+        # the QStash webhook's default replay guard lives beside the ledger (<table>_jti)
+        await PostgresReplayGuard.for_ledger(made).migrate()
     finally:
         await made.aclose()
     return _Tables(ledger, postgres_table_for_prefix(prefix))

@@ -109,6 +109,34 @@ async def test_migrate_is_idempotent_and_safe_to_run_at_once(make: Any, postgres
     assert isinstance(claim, Claimed) and claim.fresh
 
 
+def test_idemsend_migrate_with_qstash_guard_makes_the_guard_table_beside_the_ledgers(
+    postgres_store_url: str, prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``idemsend migrate --qstash-guard``: the QStash webhook's default replay guard (in
+    the ledger's PostgreSQL, table ``<ledger table>_jti``) then starts without create_table."""
+    from idemsend.adapters.qstash import PostgresReplayGuard
+    from idemsend.cli import main
+
+    assert main(["migrate", "--postgres", postgres_store_url, "--prefix", prefix, "--qstash-guard"]) == 0
+    assert f"{prefix}_ledger_jti" in capsys.readouterr().out
+
+    async def check() -> set[str]:
+        ledger = PostgresLedger.from_url(postgres_store_url, table=f"{prefix}_ledger")
+        try:
+            await PostgresReplayGuard.for_ledger(ledger).start()  # refuses a missing table
+            async with connect(postgres_store_url) as con:
+                rows = await con.fetch("SELECT tablename FROM pg_tables WHERE tablename LIKE $1", f"{prefix}%")
+            return {r["tablename"] for r in rows}
+        finally:
+            await ledger.aclose()
+            await pg_execute(
+                postgres_store_url,
+                f'DROP TABLE IF EXISTS "{prefix}_ledger_jti", "{prefix}_ledger_jobs", "{prefix}_ledger"',
+            )
+
+    assert asyncio.run(check()) == {f"{prefix}_ledger", f"{prefix}_ledger_jobs", f"{prefix}_ledger_jti"}
+
+
 def test_the_docs_show_the_migration_sql() -> None:
     """docs/ledgers.md shows the SQL migrate() runs, for the default table, verbatim."""
     assert schema_sql() in (ROOT / "docs" / "ledgers.md").read_text()

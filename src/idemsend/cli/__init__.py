@@ -157,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
         "migrate", help="create the ledger's tables (PostgresLedger; others need none)", formatter_class=formatter
     )
     _ledger_options(migrate)
+    migrate.add_argument(
+        "--qstash-guard", action="store_true",
+        help="also create the QStash replay guard's table beside a PostgreSQL ledger's (<table>_jti)",
+    )
     return parser
 
 
@@ -231,7 +235,7 @@ def _ledger(args: argparse.Namespace) -> int:
     elif args.command == "clear":
         ok, text = asyncio.run(_inspect.clear(url, args.key, args.prefix, force=args.force))
     else:
-        ok, text = asyncio.run(_inspect.migrate(url, args.prefix))
+        ok, text = asyncio.run(_inspect.migrate(url, args.prefix, qstash_guard=args.qstash_guard))
     print(text, file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
 

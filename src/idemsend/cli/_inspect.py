@@ -88,14 +88,22 @@ async def clear(url: str, key: str, prefix: str, *, force: bool = False) -> tupl
         await ledger.aclose()
 
 
-async def migrate(url: str, prefix: str) -> tuple[bool, str]:
-    """``(ok, text)``: create the ledger's tables (a ledger that needs none says so)."""
+async def migrate(url: str, prefix: str, *, qstash_guard: bool = False) -> tuple[bool, str]:
+    """``(ok, text)``: create the ledger's tables (a ledger that needs none says so), and with
+    ``qstash_guard`` the QStash replay guard's table beside a PostgresLedger's
+    (``<ledger table>_jti``, where the webhook's default guard keeps its tokens)."""
     ledger = await _with_ledger(url, prefix)
     try:
         step = getattr(ledger, "migrate", None)
         if step is None:
             return True, f"{type(ledger).__name__} needs no migration"
         await step()
-        return True, f"{type(ledger).__name__}: migrated"
+        if not qstash_guard:
+            return True, f"{type(ledger).__name__}: migrated"
+        from ..adapters.qstash._pg_guard import PostgresReplayGuard
+
+        guard = PostgresReplayGuard.for_ledger(ledger)
+        await guard.migrate()
+        return True, f"{type(ledger).__name__}: migrated, with the QStash replay guard table {guard.table}"
     finally:
         await ledger.aclose()
