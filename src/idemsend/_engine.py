@@ -136,6 +136,13 @@ class Engine:
                 " a replay after the ledger forgot but inside the window could resend a drifted body, and the"
                 " ledger would protect nothing past the window; keep records at least as long as the window"
             )
+        stored = getattr(ledger, "max_key_length", None)
+        if isinstance(stored, int) and self.provider.max_key_length > stored:
+            raise ConfigError(
+                f"the provider allows keys of {self.provider.max_key_length} characters, but"
+                f" {type(ledger).__name__} stores keys of at most {stored}: set"
+                f" Provider(max_key_length={stored}) or less"
+            )
         hook_list = [hooks] if isinstance(hooks, Hook) else list(hooks)
         for hook in hook_list:
             if not isinstance(hook, Hook):

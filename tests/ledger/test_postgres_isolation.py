@@ -7,8 +7,9 @@ runs each half again, and so on down, until the call that causes it stands alone
 caller gets the error, every other caller its answer. A store failure (the server down,
 the table missing) fails every call of the batch, as before, and is not retried.
 
-The inputs here get through today's public API: ``Provider(max_key_length=...)`` allows
-keys up to 65,536 characters, and the ledger's ``claim``/``renew`` take any float lease.
+The inputs here reach the ledger through its own API: its ``claim``/``renew`` take any key
+and any float lease (an ``Engine`` refuses a provider whose keys may be longer than the
+ledger's ``max_key_length``, so engine sends never carry such a key).
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ from typing import Any
 
 import pytest
 
-from idemsend import Engine, Job, Provider, RetryableError, RetryPolicy, SendResult
+from idemsend import ConfigError, Engine, Provider
 from idemsend._body import fingerprint
 from idemsend.ledger import Claimed, LedgerUnavailableError
-from idemsend.testing import MockProvider
 
 from .conftest import pg_execute
 
@@ -63,24 +63,37 @@ async def ledger(postgres_store_url: str, prefix: str, made: list[PostgresLedger
     return new
 
 
-async def test_a_job_whose_key_is_too_long_to_index_fails_alone(ledger: PostgresLedger) -> None:
-    """120 concurrent sends, one of them with a key of 3,000 characters (the provider's
-    limit allows 4,096): the other 119 are sent and recorded; only that job fails."""
+async def test_a_claim_whose_key_is_too_long_to_index_fails_alone(ledger: PostgresLedger) -> None:
+    """120 concurrent claims (one group-commit round or a few), one of them with a key of
+    3,000 characters: the other 119 are claimed; only that claim fails, with the reason."""
     bad = 57
-    jobs = [(Job(f"j{i}", {"user_id": long_key() if i == bad else f"u{i}"}), BODY) for i in range(120)]
-    async with MockProvider() as p, Engine(
-        p.emails_url, key="welcome:{user_id}:{job_id}", api_key=p.api_key, ledger=ledger,
-        provider=Provider(max_key_length=4096), retry=RetryPolicy(backoff=0.01),
-    ) as engine:
-        results = await engine.send_many(jobs)
-        sent = p.sends
-        records = [await ledger.get(f"welcome:u{i}:j{i}") for i in (0, bad - 1, bad + 1, 119)]
-    failed = {i: r for i, r in enumerate(results) if not isinstance(r, SendResult)}
-    assert list(failed) == [bad], {i: repr(r)[:200] for i, r in failed.items()}
-    assert isinstance(failed[bad], RetryableError) and failed[bad].reason == "ledger"
-    assert "exceeds btree" in str(failed[bad].__cause__ or failed[bad])
-    assert sent == 119
-    assert all(record is not None and record.state == "done" for record in records), records
+    keys = [long_key() if i == bad else f"welcome:u{i}:j{i}" for i in range(120)]
+    answers = await asyncio.gather(*(
+        ledger.claim(key=k, job_id=f"j{i}", payload=P1, fingerprint=F1, token=f"t{i}", lease=30)
+        for i, k in enumerate(keys)
+    ), return_exceptions=True)
+    failed = {i: a for i, a in enumerate(answers) if not isinstance(a, Claimed)}
+    assert list(failed) == [bad], {i: repr(a)[:200] for i, a in failed.items()}
+    assert isinstance(failed[bad], LedgerUnavailableError) and "exceeds btree" in str(failed[bad])
+    records = [await ledger.get(keys[i]) for i in (0, bad - 1, bad + 1, 119)]
+    assert all(record is not None and record.state == "in_flight" for record in records), records
+
+
+async def test_an_engine_whose_provider_allows_keys_the_ledger_cannot_store_is_refused(ledger: PostgresLedger) -> None:
+    """The provider's key limit may be far over what a btree entry holds: refused at
+    construction, naming both limits, instead of failing those jobs at their claim."""
+    with pytest.raises(ConfigError, match=r"allows keys of 4096 characters.*at most 2048"):
+        Engine("https://api.example.com/v1/emails", key="welcome:{job_id}", ledger=ledger,
+               provider=Provider(max_key_length=4096))
+    Engine("https://api.example.com/v1/emails", key="welcome:{job_id}", ledger=ledger,
+           provider=Provider(max_key_length=PostgresLedger.max_key_length))
+
+
+async def test_the_longest_key_the_ledger_admits_is_stored(ledger: PostgresLedger) -> None:
+    key = long_key(PostgresLedger.max_key_length - 2)
+    assert len(key) == PostgresLedger.max_key_length
+    assert isinstance(await ledger.claim(key=key, job_id="j", payload=P1, fingerprint=F1, token="t", lease=30), Claimed)
+    assert await ledger.complete(key=key, token="t", response={"id": "x"}) == "ok"
 
 
 async def test_a_completion_the_table_cannot_hold_fails_alone(ledger: PostgresLedger) -> None:

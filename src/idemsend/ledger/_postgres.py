@@ -499,10 +499,17 @@ class PostgresLedger:
       sends every call as its own statement (for measuring what group commit saves).
     * ``on_batch(size)``: called as each batch of calls goes out (telemetry).
 
+    Keys are at most ``max_key_length`` (2,048) characters: a btree entry (the primary key)
+    holds at most 2,704 bytes. An ``Engine`` whose provider allows longer keys is refused
+    at construction.
+
     The database must keep what it commits: ``start()`` warns when ``fsync`` or
     ``synchronous_commit`` is off, or the table is UNLOGGED, since a done record lost in a
     crash turns a replay after the provider's window into a double send.
     """
+
+    #: The longest key this ledger stores (engine keys are visible ASCII: characters are bytes).
+    max_key_length = 2048
 
     def __init__(
         self, pool: Any, *, table: str = DEFAULT_TABLE, retention: float = DEFAULT_RETENTION,
