@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeVar
 
 from ._classify import MAX_RETRY_AFTER, Fatal, HTTPResponse, InFlight, Outcome, ResultClassifier, Retry, Sent
 from ._config import InFlightWait, Limits, RetryPolicy
-from ._errors import MISMATCH, IdemsendError, RetryableError, fatal_error
+from ._errors import MISMATCH, IdemsendError, RetryableError, RetryReason, fatal_error
 from ._hooks import SendObserver, TryInfo, WaitInfo
 from ._limits import RateLimiter
 from ._log import fields
@@ -113,10 +113,10 @@ class Attempts:
                 delay = budget.next()
                 self._close(history, answer, started, delay, send, observer)
                 if delay is None:
+                    waited = f"it stayed in flight at the provider for {budget.waited:.1f}s"
                     raise _with_tries(RetryableError(
-                        f"key {key!r} may have been sent: it stayed in flight at the provider for"
-                        f" {budget.waited:.1f}s; retry later with the same job",
-                        retry_after=self.in_flight.delay, key=key, reason="in_flight", maybe_sent=True,
+                        f"key {key!r} may have been sent: {waited}; retry later with the same job",
+                        retry_after=self.in_flight.delay, key=key, reason="in_flight", detail=waited, maybe_sent=True,
                     ), history)
                 if observer is not None:
                     observer.on_wait(WaitInfo("in_flight", delay, "IDEMPOTENCY_IN_FLIGHT"))
@@ -136,7 +136,8 @@ class Attempts:
                 raise _with_tries(RetryableError(
                     f"key {key!r} {_sent_state(history)} after {history.count} tries ({reason}); retry later with"
                     " the same job",
-                    retry_after=after, key=key, reason=reason, maybe_sent=history.may_have_run,
+                    retry_after=after, key=key, reason=_retry_reason(answer), detail=reason,
+                    maybe_sent=history.may_have_run,
                 ), history)
             if observer is not None:
                 observer.on_wait(WaitInfo("backoff", delay, reason))
@@ -214,6 +215,13 @@ def _with_tries(error: E, history: TryHistory) -> E:
     """``error`` carrying the tries that led to it."""
     error.tries = history.tries
     return error
+
+
+def _retry_reason(answer: _Answer) -> RetryReason:
+    """The one word for a give-up on a not-final answer: what the last try met."""
+    if answer.error == "rate_limit":
+        return "rate_limit"
+    return "transport" if answer.status == 0 else "provider"
 
 
 def _sent_state(history: TryHistory) -> str:

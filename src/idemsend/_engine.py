@@ -337,7 +337,8 @@ class Engine:
             if flight.future is not None:
                 flight.future.set_exception(RetryableError(
                     f"the send of key {key!r} was interrupted ({type(exc).__name__}): it may have been sent",
-                    key=key, reason="interrupted", maybe_sent=True,
+                    key=key, reason="interrupted", detail=f"the send it joined ended with {type(exc).__name__}",
+                    maybe_sent=True,
                 ))
             raise
         else:

@@ -28,7 +28,7 @@ that may have been sent.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from ._hooks import TryInfo
@@ -43,6 +43,7 @@ __all__ = [
     "KeyDerivationError",
     "MismatchError",
     "MissingExtraError",
+    "RetryReason",
     "RetryableError",
     "SetupError",
     "StaleReplayError",
@@ -81,12 +82,30 @@ class IdemsendError(Exception):
         return (_restore, (type(self), self.args, self.__dict__))
 
 
+#: Why a send is to be retried, as one word (``RetryableError.reason``):
+#:
+#: * ``provider``: the provider's answers were not final (a 5xx, a 429, a 2xx without an id);
+#: * ``transport``: no HTTP answer (a refused connection, a timeout, a reset);
+#: * ``rate_limit``: this engine's own rate limit (or a 429's pause) kept the request back;
+#: * ``in_flight``: the provider still processes the key; ``busy``: another worker holds it;
+#: * ``ledger``: the ledger could not be reached; ``ledger_config``: its store is unfit;
+#: * ``interrupted``: the send this call joined was cancelled;
+#: * ``retryable``: raised by other code (a custom classifier or adapter).
+RetryReason = Literal[
+    "provider", "transport", "rate_limit", "in_flight", "busy", "ledger", "ledger_config", "interrupted", "retryable",
+]
+
+
 class RetryableError(IdemsendError):
     """The send did not complete; the queue should run the job again later.
 
     ``retry_after`` is the delay in seconds the provider (or the engine's backoff)
     asks for, or ``None`` when the queue's own backoff is fine. Retrying with the same
     job is safe: the key is the same, so the provider de-duplicates.
+
+    ``reason`` says why in one word (``RetryReason``: what code branches on); ``detail``
+    says it in words, redacted (the last answer, ``"HTTP 503"``, or the transport's or the
+    store's error): what a person reads. Neither holds the key.
     """
 
     def __init__(
@@ -95,12 +114,14 @@ class RetryableError(IdemsendError):
         *,
         retry_after: float | None = None,
         key: str | None = None,
-        reason: str = "retryable",
+        reason: RetryReason = "retryable",
+        detail: str = "",
         maybe_sent: bool = False,
     ) -> None:
         super().__init__(message, key=key, maybe_sent=maybe_sent)
         self.retry_after = retry_after
-        self.reason = reason
+        self.reason: RetryReason = reason
+        self.detail = detail
 
 
 class FatalError(IdemsendError):

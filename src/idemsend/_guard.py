@@ -172,7 +172,7 @@ class LedgerGuard:
                           extra=fields(key, job_id=job.id, outcome="retryable", code="ledger_config", op="start"))
                 raise RetryableError(
                     f"the ledger's store is unfit, nothing was sent by this call for key {key!r}: {exc}",
-                    key=key, reason="ledger_config", maybe_sent=earlier,
+                    key=key, reason="ledger_config", detail=str(exc), maybe_sent=earlier,
                 ) from exc
         token = f"{self._token_prefix}{next(self._token_seq)}"
         budget = self.in_flight.budgeted()
@@ -200,7 +200,8 @@ class LedgerGuard:
                     if delay is None:
                         raise RetryableError(
                             f"key {key!r} may have been sent: another worker is sending it",
-                            retry_after=finite_delay(retry_after), key=key, reason="busy", maybe_sent=True,
+                            retry_after=finite_delay(retry_after), key=key, reason="busy",
+                            detail="another worker holds the key's lease", maybe_sent=True,
                         )
                     if observer is not None:
                         observer.on_wait(WaitInfo("busy", delay, "another worker holds the lease"))
@@ -266,12 +267,14 @@ class LedgerGuard:
             if observer is not None:
                 observer.on_ledger(LedgerInfo(op, time.monotonic() - started, "unavailable"))
             # No retry_after: the queue's own backoff spreads the retries over the outage.
+            detail = self._redact.text(_unkeyed(str(exc), key))
             raise RetryableError(
                 f"the ledger is unreachable, nothing was sent by this call for key {key!r}"
                 f"{' (an earlier call or delivery may have sent it)' if earlier else ''}:"
                 f" {self._redact.text(str(exc))}",
                 key=key,
                 reason="ledger",
+                detail=detail,
                 maybe_sent=earlier,
             ) from exc
         if observer is not None:

@@ -165,7 +165,7 @@ async def test_retry_budget_is_bounded(mock_provider: MockProvider) -> None:
             await e.send(job(), BODY)
     assert mock_provider.stats.requests == 3
     # no Retry-After from the provider: the queue's own backoff decides the delay
-    assert info.value.retry_after is None and info.value.reason == "HTTP 503"
+    assert info.value.retry_after is None and info.value.reason == "provider" and info.value.detail == "HTTP 503"
     assert mock_provider.sends == 0
 
 

@@ -74,5 +74,5 @@ async def test_a_latin_1_answer_is_not_parsed_so_nothing_of_it_is_kept(
     async with Engine(f"{server}/latin-1", key="w:{job_id}", api_key=API_KEY, retry=0) as engine:
         with pytest.raises(RetryableError) as caught:  # a 2xx that confirms no id
             await engine.send(Job("j1"), {"to": ["ada@example.com"]})
-    texts = [str(caught.value), caught.value.reason, *_texts(caplog)]
+    texts = [str(caught.value), caught.value.detail, *_texts(caplog)]
     assert not [t for t in texts if API_KEY in t], [t for t in texts if API_KEY in t]

@@ -130,7 +130,8 @@ async def test_hooks_hear_a_retryable_outcome_with_its_reason() -> None:
         with pytest.raises(RetryableError):
             await e.send(job(), BODY)
     [outcome] = [o for o in hook.events if isinstance(o, OutcomeInfo)]
-    assert outcome.outcome == "retryable" and outcome.code == "HTTP 503" and outcome.error is not None
+    assert outcome.outcome == "retryable" and outcome.code == "provider" and outcome.error is not None
+    assert isinstance(outcome.error, RetryableError) and outcome.error.detail == "HTTP 503" and outcome.tries == 1
 
 
 async def test_an_in_flight_answer_keeps_the_record_even_when_a_429_follows() -> None:

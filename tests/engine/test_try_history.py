@@ -153,3 +153,37 @@ def test_a_prepared_send_is_frozen_and_takes_a_frozen_body_as_a_new_value() -> N
     assert send.payload == b"now"
     with pytest.raises(AttributeError):
         send.key = "other"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("script", "reason", "detail"),
+    [
+        ((status(503), status(503)), "provider", "HTTP 503"),
+        ((TransportError("timeout after 10s", kind="timeout"),) * 2, "transport", "timeout after 10s"),
+    ],
+    ids=["provider", "transport"],
+)
+async def test_a_give_up_names_its_reason_in_one_word_and_its_detail_in_words(
+    script: tuple[RawResponse | TransportError, ...], reason: str, detail: str
+) -> None:
+    transport = MockTransport(answers(*script))
+    async with engine(transport, retry=RetryPolicy(retries=1, backoff=0.001, max_backoff=0.001)) as e:
+        with pytest.raises(RetryableError) as caught:
+            await e.send(Job(id="j-reason"), {"to": "a"}, attempt=1)
+    assert caught.value.reason == reason and caught.value.detail == detail
+    assert "w:j-reason" not in caught.value.detail
+
+
+async def test_a_local_rate_limit_refusal_is_a_try_that_did_not_run_and_says_rate_limit() -> None:
+    from idemsend import Limits
+
+    transport = MockTransport(answers(OK))
+    policy = RetryPolicy(retries=3, backoff=0.001, max_backoff=0.001, max_inline_delay=0.01)
+    async with engine(transport, limits=Limits(rate=0.1), retry=policy) as e:
+        await e.send(Job(id="j-first"), {"to": "a"}, attempt=1)  # takes the one slot of the next 10 s
+        with pytest.raises(RetryableError) as caught:
+            await e.send(Job(id="j-second"), {"to": "a"}, attempt=1)
+    assert caught.value.reason == "rate_limit" and caught.value.maybe_sent is False
+    [refused] = caught.value.tries
+    assert (refused.status, refused.error, refused.may_have_run) == (0, "rate_limit", False)
+    assert len(transport.requests) == 1

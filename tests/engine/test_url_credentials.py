@@ -112,8 +112,8 @@ async def test_a_garbled_status_line_names_no_query_secret(caplog: pytest.LogCap
         with pytest.raises(RetryableError) as caught:
             await engine.send(Job("j1"), {"to": ["ada@example.com"]})
     error = caught.value
-    assert "ClientResponseError" in error.reason  # the error still says what happened
-    texts = [str(error), repr(error), error.reason, *_texts(caplog)]
+    assert error.reason == "transport" and "ClientResponseError" in error.detail  # it still says what happened
+    texts = [str(error), repr(error), error.detail, *_texts(caplog)]
     assert not [t for t in texts if _leaks(t)], [t for t in texts if _leaks(t)]
 
 

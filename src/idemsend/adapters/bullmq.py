@@ -451,7 +451,7 @@ class BullMQAdapter:
                     job.opts["backoff"] = {"type": BACKOFF_TYPE}
                 await self._note(job, {
                     "idemsend": "retrying", "attempt": attempt, "attempts": attempts, "delay": round(delay, 3),
-                    "reason": error.reason, "message": str(error),
+                    "reason": error.reason, "detail": error.detail, "message": str(error),
                 })
                 raise BullMQRetry(delay, error) from error
             case GiveUp(error, retryable=True):

@@ -107,7 +107,8 @@ class RQAdapter:
                 self._meta(job, result, attempt)
                 return result
             case RetryIn(delay, error):
-                self._meta(job, {"state": "retrying", "reason": error.reason, "message": str(error)}, attempt)
+                record = {"state": "retrying", "reason": error.reason, "detail": error.detail, "message": str(error)}
+                self._meta(job, record, attempt)
                 return Retry(max=self.max_retries, interval=rq_interval(delay))
             case GiveUp(error, retryable=True):
                 self._meta(job, {"state": "retrying", "reason": outcome.code, "message": str(error)}, attempt)

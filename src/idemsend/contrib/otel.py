@@ -86,10 +86,10 @@ _clock = time.perf_counter
 _IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}")
 
 _STATUS_CLASS: Final = {status: f"{status // 100}xx" for status in range(100, 600)}
-# RetryableError.reason values that are already a fixed word (the rest is free text: an HTTP
-# status, a transport error's message), as the engine sets them.
+# RetryableError.reason words that are the error type as they are; "provider" and
+# "transport" are told apart further by the last try ("5xx", "429", "transport").
 _FIXED_REASONS: Final = {"in_flight": "in_flight", "busy": "busy", "ledger": "ledger", "ledger_config": "ledger_config",
-                         "retryable": "interrupted"}
+                         "rate_limit": "rate_limit", "interrupted": "interrupted", "retryable": "retryable"}
 _WAIT_REASONS: Final = {"in_flight": "in_flight", "busy": "busy"}
 _NO_PROVIDERS = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 
@@ -122,9 +122,8 @@ def _status_class(status: int) -> str:
 
 
 def _local_refusal(info: TryInfo) -> bool:
-    """The engine's own rate limiter refused the try: no request left the process.
-    (TryInfo has no field for it; the engine's reason text is the only sign.)"""
-    return info.status == 0 and info.reason is not None and info.reason.startswith("rate limit")
+    """The engine's own rate limiter refused the try: no request left the process."""
+    return info.error == "rate_limit"
 
 
 def _try_reason(info: TryInfo) -> str:

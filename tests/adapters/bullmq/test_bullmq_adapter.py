@@ -88,8 +88,8 @@ async def test_a_retryable_error_is_a_bullmq_retry_whose_delay_the_strategy_read
     assert strategy(2, BACKOFF_TYPE, named.value, job) == 30_001  # whole ms, one more: never early
     assert [row["idemsend"] for row in job.logs] == ["retrying", "retrying"]
     assert job.logs[1] == {
-        "idemsend": "retrying", "attempt": 2, "attempts": 10, "delay": 30, "reason": "HTTP 429",
-        "message": str(named.value),
+        "idemsend": "retrying", "attempt": 2, "attempts": 10, "delay": 30, "reason": "provider",
+        "detail": "HTTP 429", "message": str(named.value),
     }
 
 
@@ -110,7 +110,7 @@ async def test_the_last_attempt_raises_unrecoverable_with_the_real_reason(adapte
         await adapter.send(job, DATA, BODY)
     assert isinstance(failed.value.__cause__, RetryableError)
     assert job.logs == [{
-        "idemsend": "failed", "attempt": 3, "attempts": 3, "reason": "HTTP 503", "message": str(failed.value),
+        "idemsend": "failed", "attempt": 3, "attempts": 3, "reason": "provider", "message": str(failed.value),
     }]
 
 

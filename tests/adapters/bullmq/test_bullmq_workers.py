@@ -82,7 +82,8 @@ async def test_a_retry_runs_no_earlier_than_retry_after(
     assert second - first >= 3.0, f"the retry came {second - first:.3f}s after a 429 with Retry-After: 3"
     state, bull_job, logs = await job_info(driver, job.id)
     assert state == "completed" and bull_job.attemptsMade == 2  # one failed try, then the send
-    assert logs[0]["idemsend"] == "retrying" and logs[0]["delay"] == 3 and logs[0]["reason"] == "HTTP 429"
+    assert logs[0]["idemsend"] == "retrying" and logs[0]["delay"] == 3 and logs[0]["reason"] == "provider"
+    assert logs[0]["detail"] == "HTTP 429"
     assert provider.sends_for(job.key) == 1
 
 

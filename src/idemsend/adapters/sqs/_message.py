@@ -209,7 +209,8 @@ class SQSOutcome:
                 return {**result, **base}
             case RetryIn(delay, error):
                 return {
-                    **base, "state": "retrying", "reason": error.reason, "delay": delay, "message": str(error),
+                    **base, "state": "retrying", "reason": error.reason, "detail": error.detail, "delay": delay,
+                    "message": str(error),
                     "maybe_sent": outcome.maybe_sent,
                 }
             case GiveUp(error, retryable=True):
