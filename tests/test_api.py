@@ -38,6 +38,18 @@ def test_public_names_are_the_contract() -> None:
     assert issubclass(idemsend.ConfigError, idemsend.IdemsendError)
 
 
+def test_the_backends_errors_are_one_branch_of_the_error_tree() -> None:
+    from idemsend.ledger import LedgerUnavailableError
+
+    assert issubclass(idemsend.BackendError, idemsend.IdemsendError)
+    assert issubclass(idemsend.TransportError, idemsend.BackendError)
+    assert issubclass(LedgerUnavailableError, idemsend.BackendError)
+    assert not issubclass(idemsend.BackendError, (idemsend.RetryableError, idemsend.FatalError))
+    # whether it may have run follows the transport error's kind
+    assert not idemsend.TransportError("refused", kind="connect").maybe_sent
+    assert idemsend.TransportError("timed out", kind="timeout").maybe_sent
+
+
 def test_py_typed_ships() -> None:
     assert (Path(idemsend.__file__).parent / "py.typed").exists()
 

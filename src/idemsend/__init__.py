@@ -9,6 +9,7 @@ from importlib import metadata as _metadata
 from ._config import InFlightWait, Limits, Provider, RetryPolicy
 from ._engine import Engine
 from ._errors import (
+    BackendError,
     ConfigError,
     FatalError,
     IdemsendError,
@@ -31,6 +32,7 @@ from ._transport import AiohttpTransport, RawResponse, Transport, TransportError
 __all__ = [
     "MAX_JOB_ID_BYTES",
     "AiohttpTransport",
+    "BackendError",
     "ConfigError",
     "Engine",
     "FatalError",

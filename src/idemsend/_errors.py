@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MISMATCH",
+    "BackendError",
     "ConfigError",
     "FatalError",
     "IdemsendError",
@@ -210,6 +211,13 @@ class SetupError(FatalError):
 
 class ConfigError(IdemsendError, ValueError):
     """The engine, ledger or adapter was set up wrongly. Raised at construction."""
+
+
+class BackendError(IdemsendError):
+    """A part idemsend talks to failed to answer: the transport (``TransportError``: no
+    HTTP answer) or the ledger's store (``LedgerUnavailableError``). Raised by those parts;
+    the engine never lets one out of ``send``: it turns it into a ``RetryableError``
+    (reason ``transport`` or ``ledger``) or, after a send, logs it."""
 
 
 class MissingExtraError(ImportError):

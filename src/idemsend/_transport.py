@@ -17,7 +17,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 import aiohttp
 
-from ._errors import ConfigError
+from ._errors import BackendError, ConfigError
 
 __all__ = [
     "AiohttpTransport", "MockTransport", "RawResponse", "Transport", "TransportError", "TransportRequest",
@@ -43,7 +43,7 @@ class RawResponse:
     body: bytes = b""
 
 
-class TransportError(Exception):
+class TransportError(BackendError):
     """A request that got no HTTP answer.
 
     ``kind`` says how far it got: ``"connect"`` (no connection was made, so nothing
@@ -52,7 +52,7 @@ class TransportError(Exception):
     """
 
     def __init__(self, message: str, *, kind: Literal["connect", "timeout", "network"]) -> None:
-        super().__init__(message)
+        super().__init__(message, maybe_sent=kind != "connect")
         self.kind = kind
 
     @property

@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from .._errors import BackendError
+
 __all__ = [
     "DEFAULT_LEASE",
     "DEFAULT_PROVIDER_WINDOW",
@@ -71,7 +73,7 @@ SettleResult = Literal["ok", "recreated", "missing", "superseded"]
 RecordState = Literal["in_flight", "done", "fatal"]
 
 
-class LedgerUnavailableError(Exception):
+class LedgerUnavailableError(BackendError):
     """The ledger's store could not be reached, or answered with an error or with something
     malformed. The only exception a ledger raises for a store failure; the engine turns it
     into ``RetryableError`` before a send (nothing is sent) and logs it after one."""
