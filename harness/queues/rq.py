@@ -67,8 +67,12 @@ class RQDriver(QueueDriver):
         from rq import Retry
 
         def enqueue() -> bool:
+            # RQ deletes a finished job's hash after result_ttl (500 s by default): a run
+            # longer than that (10,000 jobs on a loaded machine) would read its first jobs'
+            # states as gone. Keep them for the run.
             self._queue().enqueue(
-                "jobs.send_email", job.data, job.body, job_id=job.id, retry=Retry(max=self.retries, interval=1)
+                "jobs.send_email", job.data, job.body, job_id=job.id, retry=Retry(max=self.retries, interval=1),
+                result_ttl=RUN_TTL, failure_ttl=RUN_TTL,
             )
             return True
 
@@ -108,6 +112,10 @@ class RQDriver(QueueDriver):
 
         with contextlib.suppress(Exception):  # Redis may be restarting; the next sweep catches up
             await asyncio.to_thread(sweep)
+
+
+#: How long RQ keeps a finished or failed job's hash here (seconds): longer than any run.
+RUN_TTL = 24 * 3600
 
 
 def _terminal(status: str, meta: dict[str, Any]) -> Terminal | None:
