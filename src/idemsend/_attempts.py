@@ -69,8 +69,10 @@ class Attempts:
         in_flight: InFlightWait,
         limits: Limits,
         redact: Redactor,
+        timeout: float | None = None,
     ) -> None:
         self.url = url
+        self.timeout = timeout
         self.transport = transport
         self.classifier = classifier
         self.retry = retry
@@ -174,7 +176,7 @@ class Attempts:
             # never mistaken for "nothing was sent".
             history.open()
             try:
-                response = await self.transport.post(TransportRequest(self.url, headers, payload))
+                response = await self.transport.post(TransportRequest(self.url, headers, payload, self.timeout))
             except TransportError as exc:
                 return _Answer(Retry(None, str(exc)), 0, None, may_have_run=exc.may_have_reached, error=exc.kind)
         raw = response.body

@@ -148,7 +148,7 @@ class Engine:
             url=url, headers=self.endpoint.headers, idempotency_header=self.provider.idempotency_header,
             transport=self.transport,
             classifier=self.provider.classifier, retry=self.retry, in_flight=self.in_flight, limits=self.limits,
-            redact=redact,
+            redact=redact, timeout=timeout,
         )
         self._guard = (
             LedgerGuard(ledger, self._attempts, lease=lease, provider=self.provider, in_flight=self.in_flight,
