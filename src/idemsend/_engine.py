@@ -361,7 +361,8 @@ def _outcome_of(result: SendResult) -> OutcomeInfo:
     if result.from_ledger:
         return OutcomeInfo("from_ledger", result.attempts, status=result.status, result=result)
     if result.replayed:
-        return OutcomeInfo("replayed", result.attempts, status=result.status, result=result)
+        code = "UNEXPECTED_REPLAY" if result.unexpected_replay else None
+        return OutcomeInfo("replayed", result.attempts, status=result.status, code=code, result=result)
     return OutcomeInfo("sent", result.attempts, status=result.status, result=result)
 
 
