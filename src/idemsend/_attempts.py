@@ -23,7 +23,7 @@ from ._config import InFlightWait, Limits, RetryPolicy
 from ._errors import MISMATCH, IdemsendError, RetryableError, RetryReason, fatal_error
 from ._hooks import SendObserver, TryInfo, WaitInfo
 from ._limits import RateLimiter
-from ._log import fields
+from ._log import fields, key_ref
 from ._prepared import PreparedSend, TryHistory
 from ._redact import Redactor
 from ._result import SendResult
@@ -69,8 +69,10 @@ class Attempts:
         in_flight: InFlightWait,
         limits: Limits,
         redact: Redactor,
+        timeout: float | None = None,
     ) -> None:
         self.url = url
+        self.timeout = timeout
         self.transport = transport
         self.classifier = classifier
         self.retry = retry
@@ -98,10 +100,19 @@ class Attempts:
             answer = await self._post(key, send.payload, history)
             outcome = answer.outcome
             if isinstance(outcome, Sent):
+                unexpected = outcome.replayed and _replay_unexpected(history)
                 self._close(history, answer, started, None, send, observer)
+                if unexpected:
+                    log.warning(
+                        "idemsend: %s was answered as a replay on its first send (job %s): the provider had"
+                        " this key from before (another job, or another system, used it); the result is not"
+                        " a fresh send", key_ref(key), job.id,
+                        extra=fields(key, job_id=job.id, code="UNEXPECTED_REPLAY", outcome="replayed"),
+                    )
                 return SendResult(
                     key=key, id=outcome.id, status=answer.status, response=answer.data, replayed=outcome.replayed,
                     attempts=history.count, fingerprint=send.fingerprint, job_id=job.id, tries=history.tries,
+                    unexpected_replay=unexpected,
                 )
             if isinstance(outcome, Fatal):
                 self._close(history, answer, started, None, send, observer)
@@ -174,7 +185,7 @@ class Attempts:
             # never mistaken for "nothing was sent".
             history.open()
             try:
-                response = await self.transport.post(TransportRequest(self.url, headers, payload))
+                response = await self.transport.post(TransportRequest(self.url, headers, payload, self.timeout))
             except TransportError as exc:
                 return _Answer(Retry(None, str(exc)), 0, None, may_have_run=exc.may_have_reached, error=exc.kind)
         raw = response.body
@@ -215,6 +226,13 @@ def _with_tries(error: E, history: TryHistory) -> E:
     """``error`` carrying the tries that led to it."""
     error.tries = history.tries
     return error
+
+
+def _replay_unexpected(history: TryHistory) -> bool:
+    """A replay answered to the try now closing is unexpected when nothing could have sent
+    the key before it: no earlier delivery (a fresh claim, or the queue's first delivery)
+    and no earlier try of this call that may have run."""
+    return not history.earlier and not any(t.may_have_run for t in history.tries)
 
 
 def _retry_reason(answer: _Answer) -> RetryReason:

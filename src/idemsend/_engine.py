@@ -16,29 +16,26 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
 from types import TracebackType
 from typing import Any, Self
-
-from yarl import URL
 
 from ._attempts import Attempts
 from ._body import canonical_body, fingerprint
 from ._classify import ResultClassifier
 from ._config import InFlightWait, Limits, Provider, RetryPolicy, check_number
+from ._endpoint import Endpoint
 from ._errors import (
     ConfigError,
     FatalError,
     IdemsendError,
     KeyDerivationError,
-    MismatchError,
     RetryableError,
 )
-from ._guard import LedgerGuard, log_drift
+from ._flight import SingleFlight
+from ._guard import LedgerGuard
 from ._hooks import Hook, OutcomeInfo, SendInfo, SendObserver, send_scope
 from ._keys import Job, KeyDeriver, Template, validate_key
 from ._prepared import PreparedSend
-from ._redact import Redactor, safe_url
 from ._result import SendResult
 from ._transport import AiohttpTransport, Transport
 from .ledger._base import DEFAULT_LEASE, Ledger
@@ -86,6 +83,10 @@ class Engine:
     * ``hooks``: ``Hook`` objects told about every send (telemetry: ``idemsend.contrib.otel``).
     * ``transport``: a ``Transport`` to send with (tests: ``idemsend.testing.MockTransport``);
       default ``AiohttpTransport(timeout=timeout, max_connections=limits.max_in_flight)``.
+
+    Each argument is kept as a read-only attribute of the same name (``endpoint`` holds the
+    checked URL and headers): the parts that use them read them once, so a changed one
+    would be reported but not used; make a new Engine instead.
     """
 
     def __init__(
@@ -105,19 +106,16 @@ class Engine:
         hooks: Hook | Sequence[Hook] = (),
         transport: Transport | None = None,
     ) -> None:
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise ConfigError(f"url must be an http(s) URL, got {safe_url(url) if isinstance(url, str) else url!r}")
-        try:
-            parsed_url = URL(url)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"url is not a valid URL: {safe_url(url)}") from exc
-        if not parsed_url.host:
-            raise ConfigError(f"url has no host: {safe_url(url)}")
+        self.provider = _provider(provider)
+        # The URL and header checks, the request headers and the redactor of their
+        # credentials (which must never reach a log line, repr, error, result or record).
+        self.endpoint = Endpoint.of(
+            url, api_key=api_key, headers=headers, idempotency_header=self.provider.idempotency_header
+        )
         if isinstance(key, str):
             key = Template(key)
         elif not isinstance(key, KeyDeriver):
             raise ConfigError(f"key must be a template string or have derive(job) -> str, got {key!r}")
-        self.provider = _provider(provider)
         self.retry = _retry(retry)
         self.in_flight = in_flight if in_flight is not None else InFlightWait()
         self.limits = limits if limits is not None else Limits()
@@ -129,55 +127,28 @@ class Engine:
         check_number("lease", lease, minimum=0.1)
         if ledger is not None and not isinstance(ledger, Ledger):
             raise ConfigError(f"ledger must implement idemsend.ledger.Ledger, got {ledger!r}")
-        retention = getattr(ledger, "retention", None)
-        if isinstance(retention, int | float) and retention < self.provider.window:
-            raise ConfigError(
-                f"the ledger keeps records {retention:g}s, less than the provider window ({self.provider.window:g}s):"
-                " a replay after the ledger forgot but inside the window could resend a drifted body, and the"
-                " ledger would protect nothing past the window; keep records at least as long as the window"
-            )
-        stored = getattr(ledger, "max_key_length", None)
-        if isinstance(stored, int) and self.provider.max_key_length > stored:
-            raise ConfigError(
-                f"the provider allows keys of {self.provider.max_key_length} characters, but"
-                f" {type(ledger).__name__} stores keys of at most {stored}: set"
-                f" Provider(max_key_length={stored}) or less"
-            )
+        _check_ledger_fits(ledger, self.provider)
         hook_list = [hooks] if isinstance(hooks, Hook) else list(hooks)
         for hook in hook_list:
             if not isinstance(hook, Hook):
                 raise ConfigError(f"hooks must have send_scope(info), got {hook!r}")
         if transport is not None and not isinstance(transport, Transport):
             raise ConfigError(f"transport must implement idemsend.Transport (start, post, aclose), got {transport!r}")
-        for name, value in (headers or {}).items():
-            if not isinstance(name, str) or not isinstance(value, str) or "\n" in value or "\r" in value:
-                raise ConfigError(f"headers must map names to single-line strings; bad header {name!r}")
-        base = {"Content-Type": "application/json", **(headers or {})}
-        if api_key is not None:
-            base["Authorization"] = f"Bearer {api_key}"
-        if parsed_url.user is not None and any(name.lower() == "authorization" for name in base):
-            raise ConfigError(
-                "url carries credentials (user:password@) and an Authorization header is set too"
-                " (api_key= or headers=): use one of them"
-            )
         self.url = url
         self.deriver: KeyDeriver = key
         self.timeout = timeout
         self.ledger = ledger
         self.lease = lease
-        # Credentials (the API key, any header named like one, the URL's password and query
-        # values) must never reach a log line, repr, error, result or ledger record.
-        redact = Redactor.for_request(url, base, idempotency_header=self.provider.idempotency_header)
-        self._safe_url = safe_url(url)
-        self._server = (parsed_url.host or "", parsed_url.port)
+        redact = self.endpoint.redact
         self.transport: Transport = (
             transport if transport is not None
             else AiohttpTransport(timeout=timeout, max_connections=self.limits.max_in_flight)
         )
         self._attempts = Attempts(
-            url=url, headers=base, idempotency_header=self.provider.idempotency_header, transport=self.transport,
+            url=url, headers=self.endpoint.headers, idempotency_header=self.provider.idempotency_header,
+            transport=self.transport,
             classifier=self.provider.classifier, retry=self.retry, in_flight=self.in_flight, limits=self.limits,
-            redact=redact,
+            redact=redact, timeout=timeout,
         )
         self._guard = (
             LedgerGuard(ledger, self._attempts, lease=lease, provider=self.provider, in_flight=self.in_flight,
@@ -190,12 +161,20 @@ class Engine:
         )
         self._hooks: list[Hook] = hook_list
         self._state = _State.NEW
-        # key -> the send of that key under way in this engine (what joiners wait on)
-        self._flights: dict[str, _Flight] = {}
+        # the sends under way in this engine, by key (what a concurrent send of one joins)
+        self._flights = SingleFlight(drift_is_answered=ledger is not None)
+        self._sealed = True
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # The knobs are read once, into the parts that use them: assigning one afterwards
+        # would change what the engine reports (worst_case_send_time) but not what it does.
+        if name in _KNOBS and getattr(self, "_sealed", False):
+            raise AttributeError(f"Engine.{name} is read-only once the engine is made: make a new Engine({name}=...)")
+        object.__setattr__(self, name, value)
 
     def __repr__(self) -> str:
         return (
-            f"<Engine {self._safe_url} key={self.deriver!r} max_in_flight={self.limits.max_in_flight}"
+            f"<Engine {self.endpoint.safe_url} key={self.deriver!r} max_in_flight={self.limits.max_in_flight}"
             f" ledger={type(self.ledger).__name__ if self.ledger else None} {self._state.value}>"
         )
 
@@ -279,7 +258,8 @@ class Engine:
         prepared = PreparedSend(job, key, payload, fingerprint(payload), attempt, queue)
         if not self._hooks:
             return await self._send(prepared, None)
-        info = SendInfo(key, job.id, attempt, queue, self._server[0], self._server[1], self._safe_url)
+        endpoint = self.endpoint
+        info = SendInfo(key, job.id, attempt, queue, endpoint.host, endpoint.port, endpoint.safe_url)
         with send_scope(self._hooks, info) as observer:
             try:
                 result = await self._send(prepared, observer)
@@ -307,61 +287,13 @@ class Engine:
     # -- single-flight ---------------------------------------------------------------
 
     async def _send(self, send: PreparedSend, observer: SendObserver | None) -> SendResult:
-        key, job, fp = send.key, send.job, send.fingerprint
-        flight = self._flights.get(key)
-        if flight is not None:
-            flight_fp, flight_job = flight.fp, flight.job_id
-            if flight_fp != fp:
-                # Answer as a moment later would: with a ledger, the same job gets the
-                # frozen first body's result (drift is logged); otherwise the provider
-                # would answer IDEMPOTENCY_MISMATCH.
-                if self.ledger is None or flight_job != job.id:
-                    raise MismatchError(
-                        f"key {key!r} is being sent right now with a different body"
-                        f" (sending {flight_fp[:12]}, this {fp[:12]})",
-                        key=key,
-                    )
-                log_drift(job.id, flight_fp, fp, key)
-            if flight.future is None:  # the first joiner: made only when someone joins
-                flight.future = asyncio.get_running_loop().create_future()
-            result = await asyncio.shield(flight.future)
-            return replace(result, replayed=True, job_id=job.id)
-        flight = self._flights[key] = _Flight(fp, job.id)
-        try:
-            result = await self._deliver(send, observer)
-        except IdemsendError as exc:
-            if flight.future is not None:
-                flight.future.set_exception(exc)
-            raise
-        except BaseException as exc:
-            if flight.future is not None:
-                flight.future.set_exception(RetryableError(
-                    f"the send of key {key!r} was interrupted ({type(exc).__name__}): it may have been sent",
-                    key=key, reason="interrupted", detail=f"the send it joined ended with {type(exc).__name__}",
-                    maybe_sent=True,
-                ))
-            raise
-        else:
-            if flight.future is not None:
-                flight.future.set_result(result)
-            return result
-        finally:
-            del self._flights[key]
-            future = flight.future
-            if future is not None and future.done() and not future.cancelled():
-                future.exception()  # mark retrieved: joiners are optional
+        return await self._flights.run(send, lambda: self._deliver(send, observer))
 
 
-class _Flight:
-    """A send under way in this engine: what a concurrent send of the same key checks, and
-    the future it waits on (made only when one joins: most sends have no joiner)."""
-
-    __slots__ = ("fp", "future", "job_id")
-
-    def __init__(self, fp: str, job_id: str) -> None:
-        self.fp = fp
-        self.job_id = job_id
-        self.future: asyncio.Future[SendResult] | None = None
+#: The engine's public settings, fixed at construction (see ``Engine.__setattr__``).
+_KNOBS = frozenset({
+    "url", "endpoint", "deriver", "provider", "retry", "in_flight", "limits", "timeout", "ledger", "lease", "transport",
+})
 
 
 DEFAULT_TIMEOUT = 10.0
@@ -384,6 +316,25 @@ def _request_timeout(timeout: float | None, transport: object) -> float:
             f" ({own:g}s), which is the one in force: set it there and drop timeout="
         )
     return float(own)
+
+
+def _check_ledger_fits(ledger: Ledger | None, provider: Provider) -> None:
+    """Refuse a ledger that cannot keep what ``provider``'s sends need: records for the
+    provider's whole window, keys as long as the provider allows."""
+    retention = getattr(ledger, "retention", None)
+    if isinstance(retention, int | float) and retention < provider.window:
+        raise ConfigError(
+            f"the ledger keeps records {retention:g}s, less than the provider window ({provider.window:g}s):"
+            " a replay after the ledger forgot but inside the window could resend a drifted body, and the"
+            " ledger would protect nothing past the window; keep records at least as long as the window"
+        )
+    stored = getattr(ledger, "max_key_length", None)
+    if isinstance(stored, int) and provider.max_key_length > stored:
+        raise ConfigError(
+            f"the provider allows keys of {provider.max_key_length} characters, but"
+            f" {type(ledger).__name__} stores keys of at most {stored}: set"
+            f" Provider(max_key_length={stored}) or less"
+        )
 
 
 def _provider(value: Provider | ResultClassifier | None) -> Provider:
@@ -410,7 +361,8 @@ def _outcome_of(result: SendResult) -> OutcomeInfo:
     if result.from_ledger:
         return OutcomeInfo("from_ledger", result.attempts, status=result.status, result=result)
     if result.replayed:
-        return OutcomeInfo("replayed", result.attempts, status=result.status, result=result)
+        code = "UNEXPECTED_REPLAY" if result.unexpected_replay else None
+        return OutcomeInfo("replayed", result.attempts, status=result.status, code=code, result=result)
     return OutcomeInfo("sent", result.attempts, status=result.status, result=result)
 
 

@@ -260,12 +260,9 @@ class LedgerGuard:
     ) -> T:
         """A ledger call before the send: an unreachable ledger means this call sends nothing
         (``earlier``: whether an earlier delivery may have, as far as the engine knows)."""
-        started = time.monotonic() if observer is not None else 0.0
         try:
-            result = await call
+            result = await _timed(op, call, observer)
         except LedgerUnavailableError as exc:
-            if observer is not None:
-                observer.on_ledger(LedgerInfo(op, time.monotonic() - started, "unavailable"))
             # No retry_after: the queue's own backoff spreads the retries over the outage.
             detail = self._redact.text(_unkeyed(str(exc), key))
             raise RetryableError(
@@ -277,9 +274,6 @@ class LedgerGuard:
                 detail=detail,
                 maybe_sent=earlier,
             ) from exc
-        if observer is not None:
-            kind = _claim_kind(result) if op == "claim" else "ok"
-            observer.on_ledger(LedgerInfo(op, time.monotonic() - started, kind))
         return result
 
     async def _settle(
@@ -287,19 +281,14 @@ class LedgerGuard:
     ) -> SettleResult | None:
         """Record an outcome after the HTTP part; None when the ledger is unreachable (the
         send's own result stands: see the module docstring)."""
-        started = time.monotonic() if observer is not None else 0.0
         try:
-            result = await call
+            result = await _timed(op, call, observer)
         except LedgerUnavailableError as exc:
-            if observer is not None:
-                observer.on_ledger(LedgerInfo(op, time.monotonic() - started, "unavailable"))
             log.warning(
                 "idemsend: could not %s %s in the ledger: %s", op, key_ref(key),
                 self._redact.text(_unkeyed(str(exc), key)), extra=fields(key, code="unavailable", op=op),
             )
             return None
-        if observer is not None:
-            observer.on_ledger(LedgerInfo(op, time.monotonic() - started, str(result)))
         if result == "recreated":
             log.warning(
                 "idemsend: %s was sent, but its ledger record had vanished (the store restarted without"
@@ -319,6 +308,22 @@ class LedgerGuard:
                 op, key_ref(key), extra=fields(key, code="superseded", op=op),
             )
         return result
+
+
+async def _timed(op: str, call: Awaitable[T], observer: SendObserver | None) -> T:
+    """Await one ledger call, telling ``observer`` how long it took and what it answered
+    (``claimed``, ``done``... for a claim; ``ok``, ``superseded``... for a settlement)."""
+    started = time.monotonic() if observer is not None else 0.0
+    try:
+        result = await call
+    except LedgerUnavailableError:
+        if observer is not None:
+            observer.on_ledger(LedgerInfo(op, time.monotonic() - started, "unavailable"))
+        raise
+    if observer is not None:
+        answer = _claim_kind(result) if op == "claim" else str(result) if isinstance(result, str) else "ok"
+        observer.on_ledger(LedgerInfo(op, time.monotonic() - started, answer))
+    return result
 
 
 def _from_record(job: Job, key: str, fp: str, record: Mapping[str, Any]) -> SendResult:

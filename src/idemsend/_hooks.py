@@ -114,7 +114,7 @@ class OutcomeInfo:
     outcome: Literal["sent", "replayed", "from_ledger", "retryable", "fatal"]
     tries: int  # HTTP tries this call made
     status: int | None = None
-    code: str | None = None  # FatalError.code, or RetryableError.reason
+    code: str | None = None  # FatalError.code, RetryableError.reason, or UNEXPECTED_REPLAY (replayed)
     result: SendResult | None = None
     error: IdemsendError | None = None
 

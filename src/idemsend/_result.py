@@ -33,3 +33,8 @@ class SendResult:
     from_ledger: bool = False
     #: This call's HTTP tries, one frozen ``TryInfo`` each, in order (empty when it made none).
     tries: tuple[TryInfo, ...] = field(default=(), repr=False)
+    #: The provider answered a replay where none was expected: on the first send of the key
+    #: (a fresh ledger claim, or the queue's first delivery without a ledger) and before any
+    #: try of this call may have run. Another job, or another system, used this key before:
+    #: do not treat this result as a fresh success (grant nothing twice). Logged at WARNING.
+    unexpected_replay: bool = False

@@ -10,6 +10,7 @@ without the body, and a 200 from the new location would read as a send that neve
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -27,11 +28,14 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class TransportRequest:
-    """One POST as the transport sends it."""
+    """One POST as the transport sends it. ``timeout``: the seconds the engine counts this
+    request may take (what ``worst_case_send_time`` is sized from); a transport should give
+    up by then (``TransportError(kind="timeout")``). None: the transport's own."""
 
     url: str
     headers: Mapping[str, str]
     body: bytes
+    timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +68,9 @@ class TransportError(BackendError):
 @runtime_checkable
 class Transport(Protocol):
     """Sends one POST. ``post`` returns the answer, whatever its status, or raises
-    ``TransportError``; it never follows a redirect."""
+    ``TransportError``; it never follows a redirect, and gives up after the request's
+    ``timeout``. A transport with a ``timeout`` attribute of its own (seconds) declares it:
+    the engine sends with that one, and sizes ``worst_case_send_time`` from it."""
 
     async def start(self) -> None:
         """Open what the transport needs (a connection pool). Called by ``Engine.start``."""
@@ -108,9 +114,11 @@ class AiohttpTransport:
         session = self._session
         if session is None:
             raise ConfigError("the transport is not started (or was closed)")
+        timeout = request.timeout or self.timeout
         try:
             async with session.post(
-                request.url, data=request.body, headers=request.headers, allow_redirects=False
+                request.url, data=request.body, headers=request.headers, allow_redirects=False,
+                timeout=_timeout(timeout),
             ) as resp:
                 length = resp.content_length
                 if (
@@ -135,7 +143,7 @@ class AiohttpTransport:
         except aiohttp.ClientConnectorError as exc:
             raise TransportError(f"cannot connect: {describe_error(exc)}", kind="connect") from exc
         except TimeoutError as exc:
-            raise TransportError(f"timeout after {self.timeout:g}s", kind="timeout") from exc
+            raise TransportError(f"timeout after {timeout:g}s", kind="timeout") from exc
         except aiohttp.ClientError as exc:
             raise TransportError(f"network error {describe_error(exc)}", kind="network") from exc
 
@@ -144,6 +152,11 @@ class AiohttpTransport:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+
+@functools.lru_cache(maxsize=16)
+def _timeout(seconds: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=seconds)
 
 
 def describe_error(exc: BaseException) -> str:

@@ -5,7 +5,9 @@ outcome (TransportError, kind "network"), retried with the same key."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -42,12 +44,22 @@ async def _gzip(request: web.Request) -> web.Response:
     return web.Response(body=packed, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
 
 
+RELEASE = web.AppKey("release", asyncio.Event)
+
+
+async def _never(request: web.Request) -> web.Response:
+    await request.app[RELEASE].wait()  # no answer until the server shuts down
+    return web.Response(status=503)
+
+
 @pytest.fixture
 async def server() -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_post("/plain", _plain)
     app.router.add_post("/chunked", _chunked)
     app.router.add_post("/gzip", _gzip)
+    app.router.add_post("/never", _never)
+    app[RELEASE] = asyncio.Event()
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -56,6 +68,7 @@ async def server() -> AsyncIterator[str]:
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
+        app[RELEASE].set()
         await runner.cleanup()
 
 
@@ -90,3 +103,28 @@ async def test_a_gzip_bomb_with_a_small_content_length_stops_at_the_cap(server: 
     behind it a thousand times the cap."""
     with pytest.raises(TransportError, match=f"over {CAP} bytes"):
         await _post(f"{server}/gzip?size={64 * CAP}")
+
+
+async def test_a_requests_own_timeout_is_the_one_in_force(server: str) -> None:
+    """The engine puts the timeout it counts on each request; the transport gives up by it
+    (here 0.3 s against the transport's own 60 s: the test allows 20 s for a loaded machine)."""
+    transport = AiohttpTransport(timeout=60)
+    await transport.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(TransportError) as caught:
+            await transport.post(TransportRequest(f"{server}/never", {}, b"{}", timeout=0.3))
+    finally:
+        await transport.aclose()
+    assert caught.value.kind == "timeout" and "0.3s" in str(caught.value)
+    assert time.monotonic() - started < 20
+
+
+async def test_the_engine_sends_each_request_with_the_timeout_it_counts() -> None:
+    from idemsend import Engine, Job, RawResponse
+    from idemsend._transport import MockTransport
+
+    transport = MockTransport(lambda request: RawResponse(201, {}, b'{"id": "em_1"}'))
+    async with Engine("http://provider.test/v1", key="w:{job_id}", transport=transport, timeout=7.5) as engine:
+        await engine.send(Job("j1"), {"to": "a"})
+    assert [r.timeout for r in transport.requests] == [7.5]
