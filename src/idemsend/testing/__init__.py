@@ -1,12 +1,16 @@
-"""Test doubles users need: the MockProvider (a real HTTP server), a MockTransport (the
-engine without sockets) and Redis and PostgreSQL launchers."""
+"""Test doubles users need: the MockProvider (a real HTTP server), the ProviderContract it
+serves (a pure object: ``handle(ProviderRequest) -> ProviderAnswer``, or the engine's
+transport through ``contract_transport``), a MockTransport (the engine without sockets) and
+Redis and PostgreSQL launchers."""
 
 from typing import TYPE_CHECKING, Any
 
 from .._transport import MockTransport
+from ._contract import ProviderAnswer, ProviderContract, ProviderRequest
 from ._mock import FAULTS, Faults, MockProvider
 from ._postgres_server import PostgresServer
 from ._redis_server import RedisClusterServers, RedisServer, redis_url_or_start
+from ._serve import contract_transport
 
 if TYPE_CHECKING:
     from .ledger_contract import LedgerContract
@@ -18,8 +22,12 @@ __all__ = [
     "MockProvider",
     "MockTransport",
     "PostgresServer",
+    "ProviderAnswer",
+    "ProviderContract",
+    "ProviderRequest",
     "RedisClusterServers",
     "RedisServer",
+    "contract_transport",
     "redis_url_or_start",
 ]
 
