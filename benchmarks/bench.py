@@ -38,8 +38,7 @@ sys.path.insert(0, str(HERE))
 from clients import API_KEY  # noqa: E402
 from redis_stats import clients_for, snapshot  # noqa: E402
 
-from idemsend.cli._progress import Progress  # noqa: E402
-from idemsend.testing._redis_server import RedisClusterServers, RedisServer, free_port  # noqa: E402
+from idemsend.testing import Progress, RedisClusterServers, RedisServer, free_port  # noqa: E402
 
 VARIANTS = ("raw", "tenacity", "engine", "memory", "redis", "idemkit")
 LABELS = {
@@ -256,16 +255,15 @@ def memory(scale: float) -> dict[str, Any]:
     n = max(2000, int(100_000 * scale))
     out["redis"] = child("memory.py", "redis", "--sends", str(n))
     out["memory"] = child("memory.py", "memory", "--sends", str(n))
-    if (HERE.parent / "src" / "idemsend" / "ledger" / "_postgres.py").exists():
-        python = postgres_python()
-        if python is None:
-            out["postgres"] = {"skipped": "asyncpg is not installed"}
-        else:
-            try:
-                out["postgres"] = child("memory.py", "postgres", "--sends", str(max(2000, int(20_000 * scale))),
-                                        python=python)
-            except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                out["postgres"] = {"skipped": str(exc).splitlines()[0][:200]}
+    python = postgres_python()
+    if python is None:
+        out["postgres"] = {"skipped": "asyncpg is not installed"}
+    else:
+        try:
+            out["postgres"] = child("memory.py", "postgres", "--sends", str(max(2000, int(20_000 * scale))),
+                                    python=python)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            out["postgres"] = {"skipped": str(exc).splitlines()[0][:200]}
     return out
 
 

@@ -176,7 +176,7 @@ async def client(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def start_provider(python: str) -> tuple[subprocess.Popen[bytes], str]:
-    from idemsend.testing._redis_server import free_port
+    from idemsend.testing import free_port
 
     port = free_port()
     proc = subprocess.Popen(

@@ -1,12 +1,15 @@
 """Test doubles users need: the MockProvider (a real HTTP server), a MockTransport (the
-engine without sockets) and Redis and PostgreSQL launchers."""
+engine without sockets), Redis and PostgreSQL launchers and ``free_port`` (a free loopback
+port for a server of your own); and ``Progress``, the progress bar of long runs (the demo,
+a checkout's benchmarks and chaos run)."""
 
 from typing import TYPE_CHECKING, Any
 
 from .._transport import MockTransport
 from ._mock import FAULTS, Faults, MockProvider
 from ._postgres_server import PostgresServer
-from ._redis_server import RedisClusterServers, RedisServer, redis_url_or_start
+from ._progress import Progress
+from ._redis_server import RedisClusterServers, RedisServer, free_port, redis_url_or_start
 
 if TYPE_CHECKING:
     from .ledger_contract import LedgerContract
@@ -18,8 +21,10 @@ __all__ = [
     "MockProvider",
     "MockTransport",
     "PostgresServer",
+    "Progress",
     "RedisClusterServers",
     "RedisServer",
+    "free_port",
     "redis_url_or_start",
 ]
 
