@@ -90,6 +90,8 @@ def start_provider(*extra: str) -> tuple[subprocess.Popen[bytes], str]:
     )
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
+    if line.startswith("uvloop is not installed"):  # that Python has no uvloop: it runs on asyncio's loop
+        line = proc.stdout.readline().decode()
     if "listening" not in line:
         raise RuntimeError(f"the MockProvider did not start: {line}")
     return proc, f"http://127.0.0.1:{port}/api/v1/emails"
