@@ -20,6 +20,7 @@ The machine's load average is read before and after the run and kept with it; wi
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -38,8 +39,7 @@ sys.path.insert(0, str(HERE))
 from clients import API_KEY  # noqa: E402
 from redis_stats import clients_for, snapshot  # noqa: E402
 
-from idemsend.cli._progress import Progress  # noqa: E402
-from idemsend.testing._redis_server import RedisClusterServers, RedisServer, free_port  # noqa: E402
+from idemsend.testing import Progress, RedisClusterServers, RedisServer, free_port  # noqa: E402
 
 VARIANTS = ("raw", "tenacity", "engine", "memory", "redis", "idemkit")
 LABELS = {
@@ -50,6 +50,8 @@ SENDS = {1: 400, 10: 2000, 100: 6000, 1000: 10000}
 #: The variants that use Redis: what Redis spends on them is counted too.
 ON_REDIS = ("redis", "idemkit")
 QUEUES = ("arq", "rq", "qstash")
+#: What a run needs from the bench extra (uvloop is optional: the provider falls back to asyncio's loop).
+BENCH_PACKAGES = ("tenacity", "idemkit", "matplotlib")
 
 # The targets (issue 14), at concurrency 100.
 T_REDIS_THROUGHPUT = 0.80  # RedisLedger sends/s >= 0.80x raw
@@ -58,6 +60,11 @@ T_REDIS_SERVER_US = 15.0  # Redis CPU per send <= 15 us
 T_ENGINE_CPU = 1.03  # no ledger: client CPU per send <= 1.03x raw
 T_MEMORY_BYTES = 300.0  # a completed send keeps <= 300 bytes in Redis
 T_ADAPTER_CPU = 1.05  # worker CPU per job <= 1.05x the plain job, every queue
+
+
+def missing(packages: tuple[str, ...]) -> list[str]:
+    """The ``packages`` this Python cannot import (the clients run in this Python too)."""
+    return [name for name in packages if importlib.util.find_spec(name) is None]
 
 
 def loadavg() -> float:
@@ -83,6 +90,8 @@ def start_provider(*extra: str) -> tuple[subprocess.Popen[bytes], str]:
     )
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
+    if line.startswith("uvloop is not installed"):  # that Python has no uvloop: it runs on asyncio's loop
+        line = proc.stdout.readline().decode()
     if "listening" not in line:
         raise RuntimeError(f"the MockProvider did not start: {line}")
     return proc, f"http://127.0.0.1:{port}/api/v1/emails"
@@ -256,16 +265,15 @@ def memory(scale: float) -> dict[str, Any]:
     n = max(2000, int(100_000 * scale))
     out["redis"] = child("memory.py", "redis", "--sends", str(n))
     out["memory"] = child("memory.py", "memory", "--sends", str(n))
-    if (HERE.parent / "src" / "idemsend" / "ledger" / "_postgres.py").exists():
-        python = postgres_python()
-        if python is None:
-            out["postgres"] = {"skipped": "asyncpg is not installed"}
-        else:
-            try:
-                out["postgres"] = child("memory.py", "postgres", "--sends", str(max(2000, int(20_000 * scale))),
-                                        python=python)
-            except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                out["postgres"] = {"skipped": str(exc).splitlines()[0][:200]}
+    python = postgres_python()
+    if python is None:
+        out["postgres"] = {"skipped": "asyncpg is not installed"}
+    else:
+        try:
+            out["postgres"] = child("memory.py", "postgres", "--sends", str(max(2000, int(20_000 * scale))),
+                                    python=python)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            out["postgres"] = {"skipped": str(exc).splitlines()[0][:200]}
     return out
 
 
@@ -546,10 +554,13 @@ def main() -> None:
     if args.summary:
         print(summary(out / "runs.jsonl"))
         return
+    absent = missing(("matplotlib",) if args.render else BENCH_PACKAGES)
+    if absent:
+        ap.error(f"needs {', '.join(absent)}, from the bench extra: pip install -e '.[bench]'")
     if args.render:
-        results = json.loads((out / "bench.json").read_text())
-        (out / "bench.md").write_text(markdown(results) + "\n")
-        plot(results, out / "bench.png")
+        recorded = json.loads((out / "bench.json").read_text())
+        (out / "bench.md").write_text(markdown(recorded) + "\n")
+        plot(recorded, out / "bench.png")
         return
     scale = 0.2 if args.quick else 1.0
     repeat = 1 if args.quick else args.repeat

@@ -77,8 +77,11 @@ async def make_sender(variant: str, args: argparse.Namespace, run: str) -> tuple
         if variant == "tenacity":
             from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-            @retry(retry=retry_if_exception_type(Retryable), wait=wait_random_exponential(multiplier=0.1, max=2),
-                   stop=stop_after_attempt(5), reraise=True)
+            # tenacity is typed where the bench extra is installed, Any where it is not (the dev venv)
+            @retry(  # type: ignore[untyped-decorator, unused-ignore]
+                retry=retry_if_exception_type(Retryable), wait=wait_random_exponential(multiplier=0.1, max=2),
+                stop=stop_after_attempt(5), reraise=True,
+            )
             async def send_welcome(job_id: str, user_id: str, i: int) -> Any:
                 key = f"welcome:{user_id}:{job_id}"  # stable across retries of this job
                 return (await post(key, body_for(i)))["id"]
@@ -95,7 +98,7 @@ async def make_sender(variant: str, args: argparse.Namespace, run: str) -> tuple
         client = aioredis.Redis.from_url(args.redis)
         backend = RedisBackend(client)
 
-        @idempotent(backend=backend, config=MethodConfig(key_fields=["key"]))
+        @idempotent(backend=backend, config=MethodConfig(key_fields=["key"]))  # type: ignore[untyped-decorator]
         async def idem_post(key: str, body: dict[str, Any]) -> Any:
             return await post(key, body)
 
@@ -118,10 +121,10 @@ async def make_sender(variant: str, args: argparse.Namespace, run: str) -> tuple
         limits=Limits(max_in_flight=conn_limit),
     ).start()
 
-    async def send(i: int) -> Any:
+    async def send_through_engine(i: int) -> Any:
         return await engine.send(Job(f"{run}-{i}", {"user_id": f"user-{i}"}), body_for(i))
 
-    return send, engine.aclose
+    return send_through_engine, engine.aclose
 
 
 async def drive(send: Callable[[int], Awaitable[Any]], first: int, count: int, concurrency: int) -> list[float]:

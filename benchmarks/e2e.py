@@ -163,7 +163,7 @@ def qstash_app(variant: str, url: str) -> Any:
 
 
 async def run_qstash(args: argparse.Namespace) -> dict[str, Any]:
-    from idemsend.testing._redis_server import free_port
+    from idemsend.testing import free_port
     from idemsend.testing.qstash import sign
 
     port = free_port()

@@ -29,7 +29,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from idemsend._body import canonical_body, fingerprint  # noqa: E402
+from idemsend import canonical_body, fingerprint  # noqa: E402
 
 
 def send_shape(run: str, i: int) -> tuple[str, str, bytes, str, dict[str, Any]]:
@@ -55,7 +55,7 @@ async def fill(ledger: Any, run: str, sends: int, chunk: int = 500) -> None:
 
 async def redis_bytes(args: argparse.Namespace) -> dict[str, Any]:
     from idemsend.ledger import RedisLedger
-    from idemsend.testing._redis_server import RedisServer
+    from idemsend.testing import RedisServer
 
     server = None if args.redis else RedisServer().start()
     url = args.redis or server.url  # type: ignore[union-attr]
@@ -95,7 +95,7 @@ async def memory_bytes(args: argparse.Namespace) -> dict[str, Any]:
 async def postgres_bytes(args: argparse.Namespace) -> dict[str, Any]:
     import asyncpg
 
-    from idemsend.ledger._postgres import PostgresLedger
+    from idemsend.ledger import PostgresLedger
     from idemsend.testing import PostgresServer
 
     server = None if args.dsn else PostgresServer().start()

@@ -25,10 +25,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from idemsend.cli import _positive, _rate
-from idemsend.cli._progress import Progress
-from idemsend.testing import Faults, MockProvider, PostgresServer, RedisServer
+from idemsend.testing import Faults, MockProvider, PostgresServer, Progress, RedisServer
 
+from ._args import positive, rate
 from .queues import CHAOS, QueueDriver, QueueJob, RunDir, Terminal, drivers
 from .queues.base import ADAPTERS
 
@@ -254,8 +253,7 @@ async def _own_tables(ledger: str | None, prefix: str) -> _Tables:
     if ledger is None or not ledger.startswith(("postgresql://", "postgres://")):
         return _Tables()
     from idemsend.adapters.qstash import PostgresReplayGuard
-    from idemsend.ledger import ledger_from_url
-    from idemsend.ledger._url import postgres_table_for_prefix
+    from idemsend.ledger import ledger_from_url, postgres_table_for_prefix
 
     made = ledger_from_url(ledger, prefix=prefix)
     try:
@@ -368,14 +366,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m harness.chaos",
         description="exactly-once sends per queue under duplicates, faults, kills and a Redis restart",
     )
-    parser.add_argument("--jobs", type=_positive, default=10_000, help="jobs per queue")
+    parser.add_argument("--jobs", type=positive, default=10_000, help="jobs per queue")
     parser.add_argument(
         "--queues", default=None,
         help="comma-separated (default: every queue whose dependencies this environment has)",
     )
-    parser.add_argument("--dup-rate", type=_rate, default=0.3)
+    parser.add_argument("--dup-rate", type=rate, default=0.3)
     parser.add_argument("--kills", type=int, default=3, help="workers SIGKILLed per queue during the run")
-    parser.add_argument("--workers", type=_positive, default=3, help="worker processes per queue (where it scales)")
+    parser.add_argument("--workers", type=positive, default=3, help="worker processes per queue (where it scales)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--adapters", type=Path, default=ADAPTERS, help="the adapters/ folder of a checkout")
     parser.add_argument(

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from idemsend.testing._redis_server import free_port
+from idemsend.testing import free_port
 
 from .base import QueueDriver, QueueJob, Terminal
 

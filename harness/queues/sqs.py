@@ -30,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from idemsend.testing._redis_server import free_port
+from idemsend.testing import free_port
 
 from .base import ROOT, QueueDriver, QueueJob, Terminal, db_url, retrying, wait_for_arrival
 

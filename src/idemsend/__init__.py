@@ -6,6 +6,7 @@
 
 from importlib import metadata as _metadata
 
+from ._body import canonical_body, fingerprint
 from ._config import InFlightWait, Limits, Provider, RetryPolicy
 from ._engine import Engine
 from ._errors import (
@@ -66,6 +67,8 @@ __all__ = [
     "TryInfo",
     "UnstableKeyError",
     "WaitInfo",
+    "canonical_body",
+    "fingerprint",
     "validate_job_id",
     "validate_key",
 ]

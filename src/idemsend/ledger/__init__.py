@@ -3,7 +3,8 @@
 ``MemoryLedger`` is the embedded default for one process; ``RedisLedger`` (extra
 ``idemsend[redis]``) and ``PostgresLedger`` (extra ``idemsend[postgres]``) serve many
 processes and machines. ``ledger_from_url`` makes any of them from a URL (``memory://``,
-``redis://``, ``redis+cluster://``, ``postgresql://``...). Import them from here; the
+``redis://``, ``redis+cluster://``, ``postgresql://``...; ``postgres_table_for_prefix`` names
+the table a ``postgresql://`` URL's key prefix picks). Import them from here; the
 redis and asyncpg packages are only imported when ``RedisLedger`` or ``PostgresLedger``
 is first used. (``PostgresLedger`` is not in ``__all__``: a star import, or a check that
 every exported name resolves, must not need the ``postgres`` extra.)
@@ -33,7 +34,7 @@ from ._base import (
 )
 from ._group import GroupCommit
 from ._memory import MemoryLedger
-from ._url import ledger_from_url
+from ._url import ledger_from_url, postgres_table_for_prefix
 
 if TYPE_CHECKING:
     from ._postgres import PostgresLedger as PostgresLedger  # not in __all__: see the docstring
@@ -59,6 +60,7 @@ __all__ = [
     "SettleResult",
     "Unstable",
     "ledger_from_url",
+    "postgres_table_for_prefix",
 ]
 
 

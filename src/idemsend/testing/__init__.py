@@ -1,7 +1,9 @@
 """Test doubles users need: the MockProvider (a real HTTP server), the ProviderContract it
 serves (a pure object: ``handle(ProviderRequest) -> ProviderAnswer``, or the engine's
-transport through ``contract_transport``), a MockTransport (the engine without sockets) and
-Redis and PostgreSQL launchers."""
+transport through ``contract_transport``), a MockTransport (the engine without sockets),
+Redis and PostgreSQL launchers and ``free_port`` (a free loopback port for a server of your
+own); and ``Progress``, the progress bar of long runs (the demo, a checkout's benchmarks
+and chaos run)."""
 
 from typing import TYPE_CHECKING, Any
 
@@ -9,7 +11,8 @@ from .._transport import MockTransport
 from ._contract import ProviderAnswer, ProviderContract, ProviderRequest
 from ._mock import FAULTS, Faults, MockProvider
 from ._postgres_server import PostgresServer
-from ._redis_server import RedisClusterServers, RedisServer, redis_url_or_start
+from ._progress import Progress
+from ._redis_server import RedisClusterServers, RedisServer, free_port, redis_url_or_start
 from ._serve import contract_transport
 
 if TYPE_CHECKING:
@@ -22,12 +25,14 @@ __all__ = [
     "MockProvider",
     "MockTransport",
     "PostgresServer",
+    "Progress",
     "ProviderAnswer",
     "ProviderContract",
     "ProviderRequest",
     "RedisClusterServers",
     "RedisServer",
     "contract_transport",
+    "free_port",
     "redis_url_or_start",
 ]
 
