@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -150,14 +151,28 @@ class Hook(Protocol):
 
 
 log = logging.getLogger("idemsend.engine")
-_reported: set[int] = set()  # hooks whose failure was logged at WARNING already (id)
+# Hooks whose failure was logged at WARNING already. Weakly held where a hook allows it;
+# else held (by id, with the hook kept alive, so that a new hook can never inherit a dead
+# one's id and with it its "already reported").
+_reported_weak: weakref.WeakSet[object] = weakref.WeakSet()
+_reported_held: dict[int, object] = {}
+
+
+def _first_failure(hook: object) -> bool:
+    """Whether this is ``hook``'s first failure (and remember that it failed)."""
+    try:
+        first = hook not in _reported_weak
+        _reported_weak.add(hook)
+    except TypeError:  # not weakly referenceable (__slots__ without __weakref__)
+        first = id(hook) not in _reported_held
+        _reported_held[id(hook)] = hook
+    return first
 
 
 def _hook_failed(hook: object, where: str) -> None:
     """A hook raised: the send goes on. WARNING (with the traceback) the first time per
     hook, DEBUG after that, so a broken exporter cannot flood the log."""
-    first = id(hook) not in _reported
-    _reported.add(id(hook))
+    first = _first_failure(hook)
     log.log(
         logging.WARNING if first else logging.DEBUG,
         "idemsend: hook %r raised in %s; the send goes on without it (logged once per hook at WARNING)",

@@ -97,3 +97,43 @@ async def test_a_settle_warning_names_the_key_by_its_hash(caplog: pytest.LogCapt
         assert user_key not in record.getMessage() and "ada@example.com" not in record.getMessage()
         assert key_ref(user_key) in record.getMessage()
         assert getattr(record, "idemsend_key_hash", None) == key_hash(user_key)
+
+
+def test_each_failing_hook_is_warned_about_once_even_when_a_dead_one_had_its_id() -> None:
+    """Hooks are told apart by identity, not by ``id()``: a new hook (CPython often gives it
+    the id of one just freed) gets its own WARNING; the same hook failing again is DEBUG."""
+    from idemsend._hooks import _hook_failed
+
+    class Hook:
+        pass
+
+    class SlottedHook:
+        __slots__ = ()
+
+    levels: list[int] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            levels.append(record.levelno)  # not the record: its traceback would keep the hook alive
+
+    handler = Keep(level=logging.DEBUG)
+    logger = logging.getLogger("idemsend.engine")
+    logger.addHandler(handler)
+    old_level, old_propagate = logger.level, logger.propagate
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False  # pytest's handlers keep records, whose args hold the hook
+    try:
+        for kind in (Hook, SlottedHook):
+            for _ in range(20):
+                hook = kind()
+                try:
+                    raise RuntimeError("exporter down")
+                except RuntimeError:
+                    _hook_failed(hook, "on_try")
+                    _hook_failed(hook, "on_try")
+                del hook
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        logger.propagate = old_propagate
+    assert levels == [logging.WARNING, logging.DEBUG] * 40
