@@ -129,7 +129,7 @@ class Engine:
         check_number("lease", lease, minimum=0.1)
         if ledger is not None and not isinstance(ledger, Ledger):
             raise ConfigError(f"ledger must implement idemsend.ledger.Ledger, got {ledger!r}")
-        retention = getattr(ledger, "retention", None)
+        retention = ledger.retention if ledger is not None else None
         if isinstance(retention, int | float) and retention < self.provider.window:
             raise ConfigError(
                 f"the ledger keeps records {retention:g}s, less than the provider window ({self.provider.window:g}s):"

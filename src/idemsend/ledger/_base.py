@@ -199,6 +199,11 @@ class Ledger(Protocol):
     ``idemsend.testing.ledger_contract.LedgerContract`` checks all of this.
     """
 
+    #: How long a record lives (seconds) after it was claimed, completed or failed (see
+    #: "Retention" above). ``Engine`` refuses a ledger whose retention is shorter than the
+    #: provider's window: past it the ledger would protect nothing.
+    retention: float
+
     async def start(self) -> None:
         """Check once that the store is fit to be a ledger; ``Engine.start()`` calls it.
 
