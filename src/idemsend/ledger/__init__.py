@@ -33,6 +33,7 @@ from ._base import (
 )
 from ._group import GroupCommit
 from ._memory import MemoryLedger
+from ._records import Recorded
 from ._url import ledger_from_url
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ __all__ = [
     "LedgerUnavailableError",
     "MemoryLedger",
     "RecordState",
+    "Recorded",
     "RedisLedger",
     "SettleResult",
     "Unstable",

@@ -23,9 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from .._errors import BackendError
+
+if TYPE_CHECKING:
+    from ._records import Recorded
 
 __all__ = [
     "DEFAULT_LEASE",
@@ -112,6 +115,13 @@ class Done:
 
     response: Mapping[str, Any]
     fingerprint: str
+
+    @property
+    def recorded(self) -> Recorded:
+        """``response`` typed (``idemsend.ledger.Recorded``): id, status, body."""
+        from ._records import Recorded
+
+        return Recorded.of(self.response)
 
 
 @dataclass(frozen=True, slots=True)

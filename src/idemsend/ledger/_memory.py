@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -22,13 +21,13 @@ from ._base import (
     Claimed,
     ClaimResult,
     Conflict,
-    Done,
     Failed,
     LedgerRecord,
     RecordState,
     SettleResult,
     Unstable,
 )
+from ._records import conflicts, done, encode_response, ledger_record
 
 __all__ = ["MemoryLedger"]
 
@@ -304,12 +303,12 @@ class MemoryLedger:
             self._flight_scan_after = min(self._flight_scan_after, now + lease)
             self._jobs[job_id] = key
             return Claimed(True, payload, fingerprint, now, 0.0)
-        if rec.fingerprint and rec.job_id != job_id and rec.fingerprint != fingerprint:
+        if conflicts(rec.job_id, rec.fingerprint, job_id, fingerprint):
             return Conflict(rec.fingerprint)
         if recorded is None:
             self._note_extra_job(job_id, key)
         if rec.state == "done":
-            return Done(json.loads(rec.response), rec.fingerprint)
+            return done(rec.response, rec.fingerprint)
         if rec.state == "fatal":
             return Failed(rec.code, rec.message)
         if rec.token and rec.token != token and rec.lease_until > now:
@@ -328,7 +327,7 @@ class MemoryLedger:
 
     async def complete(self, *, key: str, token: str, response: Mapping[str, Any]) -> SettleResult:
         """See ``Ledger.complete``."""
-        body = json.dumps(response, separators=(",", ":")).encode()
+        body = encode_response(response).encode()
         now = self.clock()
         self._expire(now)
         rec = self._owned(key, token, now)
@@ -397,11 +396,10 @@ class MemoryLedger:
         rec = self._record(key, self.clock())
         if rec is None:
             return None
-        return LedgerRecord(
-            key=key, state=rec.state, job_id=rec.job_id, fingerprint=rec.fingerprint,
-            first_sent_at=rec.first_sent_at, response=json.loads(rec.response) if rec.response else None,
-            code=rec.code or None, message=rec.message or None,
-            lease_until=rec.lease_until if rec.state == "in_flight" else None,
+        return ledger_record(
+            key, rec.state, job_id=rec.job_id, fingerprint=rec.fingerprint, first_sent_at=rec.first_sent_at,
+            response=rec.response or None, code=rec.code or None, message=rec.message or None,
+            lease_until=rec.lease_until,
         )
 
     async def aclose(self) -> None:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
-import json
 import logging
 import random
 import re
@@ -53,15 +52,14 @@ from ._base import (
     Claimed,
     ClaimResult,
     Conflict,
-    Done,
     Failed,
     LedgerRecord,
     LedgerUnavailableError,
-    RecordState,
     SettleResult,
     Unstable,
 )
 from ._group import GroupCommit, isolate
+from ._records import conflicts, done, encode_response, ledger_record, malformed, settle_result
 
 try:
     import asyncpg
@@ -421,18 +419,7 @@ def _rounds(ops: Sequence[_Op]) -> list[list[int]]:
     return rounds
 
 
-_ANSWERS: dict[str, SettleResult] = {
-    "ok": "ok", "recreated": "recreated", "missing": "missing", "superseded": "superseded",
-}
 _UNSAFE = sorted(UNSAFE_TO_CLEAR)
-_STATES: dict[str, RecordState] = {"in_flight": "in_flight", "done": "done", "fatal": "fatal"}
-
-
-def _settle_answer(row: Any) -> SettleResult:
-    answer = _ANSWERS.get(row[0])
-    if answer is None:
-        raise LedgerUnavailableError(f"unexpected ledger answer {row[0]!r}")
-    return answer
 
 
 def _claim_answer(op: _Op, row: Any) -> ClaimResult:
@@ -444,10 +431,10 @@ def _claim_answer(op: _Op, row: Any) -> ClaimResult:
     if state is None:
         raise LedgerUnavailableError(f"the claim of key {op.key!r} returned no record")
     recorded_fp = row[3]
-    if recorded_fp and row[2] != job_id and recorded_fp != fp:
+    if conflicts(row[2], recorded_fp, job_id, fp):
         return Conflict(recorded_fp)
     if state == "done":
-        return Done(json.loads(row[6]), recorded_fp)
+        return done(row[6], recorded_fp)
     if state == "fatal":
         return Failed(row[7] or "", row[8] or "")
     if state != "in_flight":
@@ -921,7 +908,7 @@ class PostgresLedger:
             return _claim_answer(op, row)
         if kind == "clear":
             return bool(row[0])
-        return _settle_answer(row)
+        return settle_result(row[0])
 
     def _call(self, kind: str, key: str, *args: Any) -> asyncio.Future[Any]:
         return self._group.submit(_Op(kind, _clean(key), args))
@@ -940,7 +927,7 @@ class PostgresLedger:
 
     async def complete(self, *, key: str, token: str, response: Mapping[str, Any]) -> SettleResult:
         """See ``Ledger.complete``."""
-        body = json.dumps(response, separators=(",", ":"))  # ASCII: \\u0000 and all, as text can hold it
+        body = encode_response(response)  # ASCII: \\u0000 and all, as text can hold it
         result: SettleResult = await self._call("complete", key, _clean(token), body)
         return result
 
@@ -974,19 +961,14 @@ class PostgresLedger:
             raise self._fail(exc) from exc
         if not rows:
             return None
-        state_text, job_id, fp, first, response, code, message, lease_until = rows[0]
-        state = _STATES.get(state_text)
+        state, job_id, fp, first, response, code, message, lease_until = rows[0]
         try:
-            if state is None:
-                raise ValueError(f"no such state {state_text!r}")
-            return LedgerRecord(
-                key=key, state=state, job_id=job_id, fingerprint=fp, first_sent_at=first,
-                response=json.loads(response) if response is not None else None,
-                code=code, message=message,
-                lease_until=lease_until if state == "in_flight" else None,
+            return ledger_record(
+                key, state, job_id=job_id, fingerprint=fp, first_sent_at=first, response=response,
+                code=code, message=message, lease_until=lease_until,
             )
         except (ValueError, TypeError) as exc:
-            raise LedgerUnavailableError(f"malformed ledger record for key {key!r}: {exc}") from None
+            raise malformed(key, exc) from None
 
     async def aclose(self) -> None:
         """Wait for the calls already made, stop the sweep, then close the pool if

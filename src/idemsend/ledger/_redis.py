@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import struct
 from collections.abc import Callable, Mapping, Sequence
@@ -46,15 +45,14 @@ from ._base import (
     Claimed,
     ClaimResult,
     Conflict,
-    Done,
     Failed,
     LedgerRecord,
     LedgerUnavailableError,
-    RecordState,
     SettleResult,
     Unstable,
 )
 from ._group import GroupCommit
+from ._records import done, encode_response, ledger_record, malformed, settle_result
 
 try:
     import redis.asyncio as aioredis
@@ -450,25 +448,6 @@ _L = struct.Struct(">I").pack
 _D = struct.Struct(">d").pack
 
 
-# The C encoder json.dumps itself uses, called straight: json.dumps(x, separators=...) makes
-# a JSONEncoder and its encoder for every call (None without the C speedups).
-_c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
-_ascii: Any = json.encoder.encode_basestring_ascii
-
-
-def _json(value: Any) -> str:
-    """``json.dumps(value, separators=(",", ":"))``, the same text and errors (TypeError for
-    what is not JSON, ValueError for a circular structure), for half the CPU."""
-    if _c_make_encoder is None:  # pragma: no cover
-        return json.dumps(value, separators=(",", ":"))
-    encode = _c_make_encoder({}, _not_json, _ascii, None, ":", ",", False, False, True)
-    return "".join(encode(value, 0))
-
-
-def _not_json(value: Any) -> Any:
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-
-
 def _own(token: str) -> bytes:
     """The first bytes of an in-flight record held by ``token``: 'F' L tok."""
     tok = token.encode()
@@ -543,18 +522,6 @@ class _Executor:
 
 def _unavailable(exc: BaseException) -> LedgerUnavailableError:
     return LedgerUnavailableError(f"{type(exc).__name__}: {exc}")
-
-
-_STATES: dict[str, RecordState] = {"in_flight": "in_flight", "done": "done", "fatal": "fatal"}
-
-_ANSWERS: dict[Any, SettleResult] = {1: "ok", 2: "recreated", 3: "missing", 4: "superseded"}
-
-
-def _answer(reply: Any) -> SettleResult:
-    answer = _ANSWERS.get(reply)
-    if answer is None:
-        raise LedgerUnavailableError(f"unexpected ledger reply {reply!r}")
-    return answer
 
 
 #: The oldest Redis the ledger's scripts run on (SET ... NX GET arrived in 7.0).
@@ -833,7 +800,7 @@ class RedisLedger:
             if kind == "claimed":
                 return Claimed(False, _b(reply[2]), _s(reply[3]), reply[1] / 1000, reply[4] / 1000)
             if kind == "done":
-                return Done(json.loads(reply[1]), _s(reply[2]))
+                return done(reply[1], _s(reply[2]))
             if kind == "fatal":
                 return Failed(_s(reply[1]), _s(reply[2]))
             if kind == "busy":
@@ -841,27 +808,27 @@ class RedisLedger:
             if kind == "conflict":
                 return Conflict(_s(reply[1]))
             if kind == "malformed":
-                raise LedgerUnavailableError(f"malformed ledger record for key {key!r}: {_s(reply[1])}")
+                raise malformed(key, _s(reply[1]))
         except (ValueError, IndexError, TypeError) as exc:
             raise LedgerUnavailableError(f"malformed claim reply {reply!r}: {exc}") from exc
         raise LedgerUnavailableError(f"unexpected claim reply {reply!r}")
 
     async def complete(self, *, key: str, token: str, response: Mapping[str, Any]) -> SettleResult:
         """See ``Ledger.complete``."""
-        body = _json(response)
-        return _answer(await self._call("complete", (f"{self.prefix}:rec:{{{key}}}",), _own(token), body))
+        body = encode_response(response)
+        return settle_result(await self._call("complete", (f"{self.prefix}:rec:{{{key}}}",), _own(token), body))
 
     async def fail(self, *, key: str, token: str, code: str, message: str) -> SettleResult:
         """See ``Ledger.fail``."""
-        return _answer(await self._call("fail", (self.record_key(key),), _own(token), code, message))
+        return settle_result(await self._call("fail", (self.record_key(key),), _own(token), code, message))
 
     async def renew(self, *, key: str, token: str, lease: float) -> SettleResult:
         """See ``Ledger.renew``."""
-        return _answer(await self._call("renew", (self.record_key(key),), _own(token), int(lease * 1000)))
+        return settle_result(await self._call("renew", (self.record_key(key),), _own(token), int(lease * 1000)))
 
     async def release(self, *, key: str, token: str, forget: bool = False) -> SettleResult:
         """See ``Ledger.release``."""
-        return _answer(await self._call("release", (self.record_key(key),), _own(token), "1" if forget else "0"))
+        return settle_result(await self._call("release", (self.record_key(key),), _own(token), "1" if forget else "0"))
 
     async def clear(self, key: str, *, force: bool = False) -> bool:
         """See ``Ledger.clear``: one script checks the state (and code) and deletes."""
@@ -873,22 +840,16 @@ class RedisLedger:
         if not reply:
             return None
         try:
-            state = _STATES.get(_s(reply[0]))
-            if state is None:
-                raise ValueError(_s(reply[1]) if _s(reply[0]) == "malformed" else f"no such state {_s(reply[0])!r}")
-            return LedgerRecord(
-                key=key,
-                state=state,
-                job_id=_s(reply[2]),
-                fingerprint=_s(reply[3]),
-                first_sent_at=reply[1] / 1000,
-                response=json.loads(reply[4]) if reply[4] is not None else None,
-                code=_s(reply[5]) if reply[5] is not None else None,
+            if _s(reply[0]) == "malformed":
+                raise ValueError(_s(reply[1]))
+            return ledger_record(
+                key, _s(reply[0]), job_id=_s(reply[2]), fingerprint=_s(reply[3]), first_sent_at=reply[1] / 1000,
+                response=reply[4], code=_s(reply[5]) if reply[5] is not None else None,
                 message=_s(reply[6]) if reply[6] is not None else None,
                 lease_until=reply[7] / 1000 if reply[7] is not None else None,
             )
         except (ValueError, IndexError, TypeError) as exc:
-            raise LedgerUnavailableError(f"malformed ledger record for key {key!r}: {exc}") from exc
+            raise malformed(key, exc) from exc
 
     async def _backdate(self, key: str, seconds: float, *, end_lease: bool = False) -> bool:
         """Tests only: move ``key``'s first-sent time ``seconds`` back on Redis's clock (and
