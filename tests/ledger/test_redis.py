@@ -318,17 +318,18 @@ async def test_start_reads_the_server_version_and_refuses_one_older_than_7() -> 
     in a ConfigError at start, not left to fail every claim with "syntax error". No Redis 6
     runs here, so the judgement is checked on the facts start() read (the version read is
     checked against this machine's real server)."""
-    from idemsend.ledger._redis import _ServerFacts
+    from idemsend.ledger import judge
+    from idemsend.ledger._redis import _ServerFacts, store_facts
 
     with RedisServer() as server:
         ledger = RedisLedger.from_url(server.url)
         try:
             [facts] = [await ledger._facts(node, name) for node, name in await ledger._servers()]
             assert facts.version is not None and facts.version.split(".")[0].isdigit()
-            ledger._judge([facts])  # this machine's Redis (7.x) is accepted
+            assert judge(store_facts([facts])).fit  # this machine's Redis (7.x) is accepted
             old = _ServerFacts("10.0.0.5:6379", policy="noeviction", persisted=True, version="6.2.14")
             with pytest.raises(ConfigError, match=r"Redis 7\.0 or newer.*10\.0\.0\.5:6379 runs Redis 6\.2\.14"):
-                ledger._judge([facts, old])
+                judge(store_facts([facts, old])).enforce()
         finally:
             await ledger.aclose()
 

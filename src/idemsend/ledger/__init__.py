@@ -9,7 +9,9 @@ is first used. (``PostgresLedger`` is not in ``__all__``: a star import, or a ch
 every exported name resolves, must not need the ``postgres`` extra.)
 
 A ledger of your own implements the ``Ledger`` protocol and passes
-``idemsend.testing.ledger_contract.LedgerContract``; ``GroupCommit`` batches its calls.
+``idemsend.testing.ledger_contract.LedgerContract``; ``GroupCommit`` batches its calls, and
+its ``start()`` can judge its store by the same policy as ours: gather ``StoreFacts``, then
+``judge(facts).enforce()``.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -31,6 +33,7 @@ from ._base import (
     SettleResult,
     Unstable,
 )
+from ._fitness import Caution, Finding, StoreFacts, Verdict, judge
 from ._group import GroupCommit
 from ._memory import MemoryLedger
 from ._records import Recorded
@@ -45,11 +48,13 @@ __all__ = [
     "DEFAULT_PROVIDER_WINDOW",
     "DEFAULT_RETENTION",
     "Busy",
+    "Caution",
     "ClaimResult",
     "Claimed",
     "Conflict",
     "Done",
     "Failed",
+    "Finding",
     "GroupCommit",
     "Ledger",
     "LedgerRecord",
@@ -59,7 +64,10 @@ __all__ = [
     "Recorded",
     "RedisLedger",
     "SettleResult",
+    "StoreFacts",
     "Unstable",
+    "Verdict",
+    "judge",
     "ledger_from_url",
 ]
 

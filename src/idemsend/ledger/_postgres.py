@@ -58,6 +58,7 @@ from ._base import (
     SettleResult,
     Unstable,
 )
+from ._fitness import Caution, Finding, StoreFacts, judge
 from ._group import GroupCommit, isolate
 from ._records import conflicts, done, encode_response, ledger_record, malformed, settle_result
 
@@ -463,6 +464,35 @@ def _unavailable(exc: BaseException) -> LedgerUnavailableError:
     return LedgerUnavailableError(f"{type(exc).__name__}: {exc}")
 
 
+def _store_facts(row: Sequence[Any], table: str) -> StoreFacts:
+    """The facts ``judge`` rules on, from the ``_FACTS`` row ``start()`` read (pure)."""
+    version, role, database, fsync, sync_commit, isolation, *_, persistence = row
+    where = f"database {database}"
+    loses = []
+    if fsync == "off":
+        loses.append(Finding(where, "fsync is off (an operating-system crash can lose committed records)"))
+    if sync_commit == "off":
+        loses.append(Finding(where, "synchronous_commit is off (a server crash loses the last commits)"))
+    if persistence == "u":
+        loses.append(Finding(where, f"{table} is UNLOGGED (a server crash empties it)"))
+    cautions = []
+    if isolation != "read committed":
+        cautions.append(Caution("isolation", (
+            f"idemsend: default_transaction_isolation is {isolation!r} for role {role}: concurrent claims of one key"
+            " then fail with serialization errors (LedgerUnavailableError, retried) instead of waiting. Run ALTER"
+            f" ROLE {role} SET default_transaction_isolation = 'read committed'."
+        )))
+    return StoreFacts(
+        store="the ledger's PostgreSQL",
+        ledger="PostgresLedger",
+        too_old=(Finding(where, f"runs PostgreSQL {version // 10000}.{version % 10000}"),) if version < 120000 else (),
+        needs="PostgreSQL 12 or newer",
+        loses=tuple(loses),
+        persist="not in production",
+        cautions=tuple(cautions),
+    )
+
+
 class PostgresLedger:
     """A ledger in a PostgreSQL table, shared by every worker (``pip install 'idemsend[postgres]'``).
 
@@ -699,12 +729,9 @@ class PostgresLedger:
 
     async def _check(self, *, migrated: bool = False) -> None:
         [facts] = await self._fetch(_FACTS, self._t, self._j)
-        (version, role, database, fsync, sync_commit, isolation,
-         has_rec, has_jobs, rec_ok, jobs_ok, persistence) = facts
-        if version < 120000:
-            raise ConfigError(
-                f"the ledger needs PostgreSQL 12 or newer; {database} runs {version // 10000}.{version % 10000}"
-            )
+        _, role, database, _, _, _, has_rec, has_jobs, rec_ok, jobs_ok, _ = facts
+        verdict = judge(_store_facts(facts, self.table))
+        verdict.refuse()  # before the tables are looked at: an old server is named as such
         if not (has_rec and has_jobs):
             if not self.create_table or migrated:
                 missing = " and ".join(
@@ -731,27 +758,7 @@ class PostgresLedger:
                     f"{self.table} in database {database} is not an idemsend ledger table ({exc}); use another"
                     f" table name, or create it with:\n{schema_sql(self.table)}"
                 ) from None
-        risks = []
-        if fsync == "off":
-            risks.append("fsync is off (an operating-system crash can lose committed records)")
-        if sync_commit == "off":
-            risks.append("synchronous_commit is off (a server crash loses the last commits)")
-        if persistence == "u":
-            risks.append(f"{self.table} is UNLOGGED (a server crash empties it)")
-        if risks:
-            log.warning(
-                "idemsend: the ledger's PostgreSQL (database %s) may lose records: %s. A done record lost that"
-                " way means a replay of its job after the provider's idempotency window is sent again (a double"
-                " send). Fine for development and CI; not in production.",
-                database, "; ".join(risks), extra=fields(code="no_durability", op="start"),
-            )
-        if isolation != "read committed":
-            log.warning(
-                "idemsend: default_transaction_isolation is %r for role %s: concurrent claims of one key then fail"
-                " with serialization errors (LedgerUnavailableError, retried) instead of waiting. Run ALTER ROLE %s"
-                " SET default_transaction_isolation = 'read committed'.",
-                isolation, role, role, extra=fields(code="isolation", op="start"),
-            )
+        verdict.enforce()
         return None
 
     async def migrate(self) -> None:

@@ -37,7 +37,6 @@ from typing import Any
 
 from .._errors import ConfigError, MissingExtraError
 from .._keys import validate_job_id
-from .._log import fields
 from ._base import (
     DEFAULT_RETENTION,
     UNSAFE_TO_CLEAR,
@@ -51,6 +50,7 @@ from ._base import (
     SettleResult,
     Unstable,
 )
+from ._fitness import Finding, StoreFacts, judge
 from ._group import GroupCommit
 from ._records import done, encode_response, ledger_record, malformed, settle_result
 
@@ -547,6 +547,35 @@ class _ServerFacts:
     errors: list[str] = field(default_factory=list)
 
 
+def store_facts(servers: Sequence[_ServerFacts]) -> StoreFacts:
+    """What ``start()`` read of every server, as the facts ``judge`` rules on (pure)."""
+    return StoreFacts(
+        store="Redis",
+        ledger="RedisLedger",
+        too_old=tuple(
+            Finding(f.node, f"runs Redis {f.version}")
+            for f in servers if f.version is not None and _version(f.version) < MIN_REDIS
+        ),
+        needs="Redis 7.0 or newer (its scripts use SET with both NX and GET)",
+        evicts=tuple(
+            Finding(f.node, f"has maxmemory-policy {f.policy} (maxmemory {f.maxmemory}, read with {f.via})")
+            for f in servers if f.policy is not None and f.policy != "noeviction"
+        ),
+        eviction=(
+            "A Redis that may evict keys can drop ledger records under memory pressure (every ledger key has a"
+            " TTL, so volatile-* policies evict them as readily as allkeys-* ones; with maxmemory 0 nothing is"
+            " evicted until a limit is set)."
+        ),
+        keep_records="Set maxmemory-policy noeviction (a full Redis then refuses writes and the ledger fails closed)",
+        forgets=tuple(Finding(f.node, f.persistence) for f in servers if f.persisted is False),
+        persist=(
+            "in production enable appendonly yes (or RDB save points, which lose the writes since the last snapshot)"
+        ),
+        unchecked=tuple(Finding(f.node, "; ".join(f.errors)) for f in servers if f.policy is None),
+        check="make sure maxmemory-policy is noeviction and persistence (appendonly yes) is on",
+    )
+
+
 class RedisLedger:
     """A ledger in Redis (plain or Cluster), shared by every worker.
 
@@ -649,7 +678,7 @@ class RedisLedger:
                 raise LedgerUnavailableError(
                     f"could not check the ledger's Redis: {type(exc).__name__}: {exc}"
                 ) from exc
-            self._judge(facts)
+            judge(store_facts(facts), allow_eviction=self.allow_eviction).enforce()
             self._checked = True
 
     async def _servers(self) -> list[tuple[Any, str]]:
@@ -721,53 +750,6 @@ class RedisLedger:
             + " (CONFIG unavailable: the RDB save schedule could not be read)"
         )
         return facts
-
-    def _judge(self, facts: list[_ServerFacts]) -> None:
-        old = [f for f in facts if f.version is not None and _version(f.version) < MIN_REDIS]
-        if old:
-            raise ConfigError(
-                "RedisLedger needs Redis 7.0 or newer (its scripts use SET with both NX and GET): "
-                + "; ".join(f"{f.node} runs Redis {f.version}" for f in old)
-            )
-        evicting = [f for f in facts if f.policy is not None and f.policy != "noeviction"]
-        if evicting:
-            where = "; ".join(
-                f"{f.node} has maxmemory-policy {f.policy} (maxmemory {f.maxmemory}, read with {f.via})"
-                for f in evicting
-            )
-            risk = (
-                f"Redis {where}. A Redis that may evict keys can drop ledger records under memory"
-                " pressure (every ledger key has a TTL, so volatile-* policies evict them as readily as"
-                " allkeys-* ones; with maxmemory 0 nothing is evicted until a limit is set). A done record"
-                " lost that way means a replay of its job after the provider's idempotency window is sent"
-                " again: a double send."
-            )
-            if not self.allow_eviction:
-                raise ConfigError(
-                    f"{risk} Set maxmemory-policy noeviction (a full Redis then refuses writes and the"
-                    " ledger fails closed), or pass allow_eviction=True to RedisLedger to accept the risk."
-                )
-            log.warning("idemsend: %s Continuing because allow_eviction=True.", risk,
-                        extra=fields(code="eviction_allowed", op="start"))
-        unpersisted = [f for f in facts if f.persisted is False]
-        if unpersisted:
-            log.warning(
-                "idemsend: Redis %s persists nothing (%s): a restart loses every ledger record, and a done"
-                " record lost that way means a replay of its job after the provider's idempotency window"
-                " is sent again (a double send). Fine for development and CI; in production enable"
-                " appendonly yes (or RDB save points, which lose the writes since the last snapshot).",
-                ", ".join(f.node for f in unpersisted), "; ".join(f.persistence for f in unpersisted),
-                extra=fields(code="no_persistence", op="start"),
-            )
-        unchecked = [f for f in facts if f.policy is None]
-        if unchecked:
-            log.warning(
-                "idemsend: could not check Redis %s (%s): make sure maxmemory-policy is noeviction and"
-                " persistence (appendonly yes) is on, or ledger records can vanish and a replay after the"
-                " provider's idempotency window is sent again (a double send).",
-                ", ".join(f.node for f in unchecked), "; ".join("; ".join(f.errors) for f in unchecked),
-                extra=fields(code="unchecked", op="start"),
-            )
 
     # -- the state machine ---------------------------------------------------------------
 
