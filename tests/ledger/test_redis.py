@@ -47,6 +47,14 @@ def redis_ledger(request: pytest.FixtureRequest, flavour: str, **options: Any) -
 # -- records in Redis: TTLs, a FLUSHALL -----------------------------------------------------
 
 
+def test_the_ledger_script_has_no_test_only_operation() -> None:
+    """Moving a record's first-sent time back is for tests: tests/ledger/_redis_backdate.py
+    runs a script of its own; the one every worker loads has no such operation."""
+    from idemsend.ledger._redis import _OPS, _SCRIPT
+
+    assert "backdate" not in _OPS and "backdate" not in _SCRIPT.lower()
+
+
 @pytest.mark.parametrize("flavour", ["redis", "cluster"])
 async def test_records_expire_after_the_retention(flavour: str, request: pytest.FixtureRequest) -> None:
     ledger = redis_ledger(request, flavour, retention=30)

@@ -391,28 +391,6 @@ _op("get", 1, 0, """function(clock, ret, k)
   return {'fatal', first, job, fp, false, code, msg, false}
 end""")
 
-# Tests only: move a record's first-sent time `ms` back (and end its lease when
-# expire == '1'), as if the first claim had been made that long ago.
-_op("backdate", 1, 2, """function(clock, ret, k, _, ms, expire)
-  local v = load(k)
-  if not v then return 0 end
-  local tag = sbyte(v)
-  if tag == 70 then
-    local tok, job, fp, body, first, lease = readF(v)
-    first = first - tonumber(ms)
-    if expire == '1' then lease = first end
-    v = packF(tok, job, fp, body, first, lease)
-  elseif tag == 68 then
-    local job, fp, first, resp = readD(v)
-    v = packD(job, fp, first - tonumber(ms), resp)
-  else
-    local job, fp, first, code, msg = readX(v)
-    v = packX(job, fp, first - tonumber(ms), code, msg)
-  end
-  redis.call('SET', k, v, 'KEEPTTL')
-  return 1
-end""")
-
 # The one script: ARGV[1] is the retention (ms), ARGV[2] the plan (a letter per operation:
 # its place in _OPS, 'a' first), then every operation's arguments in order; KEYS holds
 # every operation's keys in order. Redis's clock is
@@ -832,12 +810,6 @@ class RedisLedger:
             )
         except (ValueError, IndexError, TypeError) as exc:
             raise malformed(key, exc) from exc
-
-    async def _backdate(self, key: str, seconds: float, *, end_lease: bool = False) -> bool:
-        """Tests only: move ``key``'s first-sent time ``seconds`` back on Redis's clock (and
-        end its lease), as if its first claim had been made that long ago."""
-        return bool(await self._call("backdate", (self.record_key(key),), int(seconds * 1000),
-                                     "1" if end_lease else "0"))
 
     async def aclose(self) -> None:
         """Wait for the calls already made, then close the client if ``from_url`` made it."""
