@@ -67,7 +67,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised by the missing-extra test
     raise MissingExtraError("postgres", "asyncpg") from exc
 
-__all__ = ["DEFAULT_TABLE", "PostgresLedger", "inspect_record", "schema_sql", "validate_table"]
+__all__ = ["DEFAULT_TABLE", "PostgresLedger", "schema_sql", "validate_table"]
 
 log = logging.getLogger("idemsend.ledger")
 
@@ -1028,35 +1028,3 @@ def _flag(value: str, name: str, dsn: str) -> bool:
     if lowered in ("0", "false", "no", "off", ""):
         return False
     raise ConfigError(f"{name} in the ledger DSN {safe_url(dsn)} must be true or false, got {value!r}")
-
-
-async def inspect_record(
-    dsn: str, key: str, *, table: str | None = None, prefix: str | None = None
-) -> dict[str, Any] | None:
-    """The record for ``key`` as a dict (``idemsend inspect --postgres``), the same fields
-    as ``idemsend.ledger._redis.inspect_record``; ``None`` when there is none. The table is
-    ``table``, else the one ``prefix`` names (``<prefix>_ledger``), else the DSN's
-    ``?table=`` or the default."""
-    if table is None and prefix is not None:
-        from ._url import postgres_table_for_prefix
-
-        table = postgres_table_for_prefix(prefix)
-    ledger = PostgresLedger.from_url(dsn, table=table, sweep_interval=0, pool_size=1)
-    try:
-        record = await ledger.get(key)
-    finally:
-        await ledger.aclose()
-    if record is None:
-        return None
-    return {
-        "key": record.key,
-        "state": record.state,
-        "job_id": record.job_id,
-        "fingerprint": record.fingerprint,
-        "first_sent_at": record.first_sent_at,
-        "response_id": (record.response or {}).get("id"),
-        "response": record.response,
-        "code": record.code,
-        "message": record.message,
-        "lease_until": record.lease_until,
-    }

@@ -81,7 +81,7 @@ try:  # the C packer; it ships with idemsend[redis] (redis[hiredis])
 except ImportError:  # pragma: no cover
     _HIREDIS = False
 
-__all__ = ["RedisLedger", "inspect_record"]
+__all__ = ["RedisLedger"]
 
 log = logging.getLogger("idemsend.ledger")
 
@@ -823,26 +823,3 @@ def _reraise_store_failure(exc: ResponseError) -> None:
     """A cluster redirection or outage is the store failing, not CONFIG/INFO being refused."""
     if isinstance(exc, (ClusterError, AskError, TryAgainError)):
         raise exc
-
-
-async def inspect_record(url: str, key: str, *, prefix: str = "idemsend") -> dict[str, Any] | None:
-    """The record for ``key`` as a dict (``idemsend inspect``)."""
-    ledger = RedisLedger.from_url(url, prefix=prefix)
-    try:
-        record = await ledger.get(key)
-    finally:
-        await ledger.aclose()
-    if record is None:
-        return None
-    return {
-        "key": record.key,
-        "state": record.state,
-        "job_id": record.job_id,
-        "fingerprint": record.fingerprint,
-        "first_sent_at": record.first_sent_at,
-        "response_id": (record.response or {}).get("id"),
-        "response": record.response,
-        "code": record.code,
-        "message": record.message,
-        "lease_until": record.lease_until,
-    }
