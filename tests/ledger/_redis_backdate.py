@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from idemsend.ledger import RedisLedger
-from idemsend.ledger._redis import _HELPERS
+from idemsend.ledger._redis._lua import HELPERS
 
 # Move the record's first-sent time ARGV[1] ms back (and end its lease when ARGV[2] is
 # '1'), as if the first claim had been made that long ago. Answers 1, or 0 for no record.
-_BACKDATE = _HELPERS + """
+_BACKDATE = HELPERS + """
 local k, ms, expire = KEYS[1], tonumber(ARGV[1]), ARGV[2]
 local v = load(k)
 if not v then return 0 end

@@ -108,14 +108,14 @@ needs_redis = pytest.mark.skipif(importlib.util.find_spec("redis") is None, reas
 
 
 def _redis_server(node: str, **kw: Any) -> Any:
-    from idemsend.ledger._redis import _ServerFacts
+    from idemsend.ledger._redis._fitness import ServerFacts
 
-    return _ServerFacts(node, **kw)
+    return ServerFacts(node, **kw)
 
 
 @needs_redis
 def test_redis_eviction_refusal_and_warning_read_as_before() -> None:
-    from idemsend.ledger._redis import store_facts
+    from idemsend.ledger._redis._fitness import store_facts
 
     servers = [
         _redis_server("a:1", via="CONFIG GET", policy="allkeys-lru", maxmemory="0", persisted=True, version="7.2.4"),
@@ -142,7 +142,7 @@ def test_redis_eviction_refusal_and_warning_read_as_before() -> None:
 
 @needs_redis
 def test_redis_persistence_unchecked_and_version_read_as_before() -> None:
-    from idemsend.ledger._redis import store_facts
+    from idemsend.ledger._redis._fitness import store_facts
 
     servers = [
         _redis_server("a:1", via="CONFIG GET", policy="noeviction", persisted=False,

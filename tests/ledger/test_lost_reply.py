@@ -21,7 +21,7 @@ import pytest
 from idemsend import Engine, Job, SetupError
 from idemsend._body import fingerprint
 from idemsend.ledger import Claimed, LedgerRecord, LedgerUnavailableError, RedisLedger
-from idemsend.ledger._redis import _CODES
+from idemsend.ledger._redis._lua import CODES as _CODES
 from idemsend.testing import MockProvider
 
 from ._lost_reply import Loss, LostReplyProxy, evalsha_plan
