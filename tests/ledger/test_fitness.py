@@ -174,7 +174,7 @@ def test_redis_persistence_unchecked_and_version_read_as_before() -> None:
 @pytest.mark.postgres
 @pytest.mark.skipif(importlib.util.find_spec("asyncpg") is None, reason="needs asyncpg (idemsend[postgres])")
 def test_postgres_durability_and_isolation_read_as_before() -> None:
-    from idemsend.ledger._postgres import _store_facts
+    from idemsend.ledger._postgres._fitness import store_facts as _store_facts
 
     row = (160002, "worker", "app", "off", "off", "serializable", True, True, True, True, "u")
     assert judge(_store_facts(row, "idemsend_ledger")).warnings == (

@@ -510,7 +510,7 @@ async def session_state(ledger: PostgresLedger) -> dict[str, Any]:
         )
         return dict(row)
 
-    return await ledger._on_connection(look)
+    return await ledger._db.on_connection(look)
 
 
 async def workload(ledger: PostgresLedger) -> None:
@@ -609,7 +609,7 @@ async def test_through_pgbouncer_in_transaction_mode(bouncer: PgBouncer, postgre
     url = with_params(bouncer.dsn, statement_cache_size="0", create_table="true")
     one, two = ledger_from_url(url, prefix=prefix), ledger_from_url(url, prefix=prefix)
     try:
-        assert isinstance(one, PostgresLedger) and one._pool_options["statement_cache_size"] == 0
+        assert isinstance(one, PostgresLedger) and one._db.options["statement_cache_size"] == 0
         await one.start()
         await two.start()
         race = await asyncio.gather(*(
