@@ -321,7 +321,7 @@ def _request_timeout(timeout: float | None, transport: object) -> float:
 def _check_ledger_fits(ledger: Ledger | None, provider: Provider) -> None:
     """Refuse a ledger that cannot keep what ``provider``'s sends need: records for the
     provider's whole window, keys as long as the provider allows."""
-    retention = getattr(ledger, "retention", None)
+    retention = ledger.retention if ledger is not None else None
     if isinstance(retention, int | float) and retention < provider.window:
         raise ConfigError(
             f"the ledger keeps records {retention:g}s, less than the provider window ({provider.window:g}s):"

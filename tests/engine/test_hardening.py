@@ -38,6 +38,8 @@ from idemsend.ledger import MemoryLedger, RedisLedger
 from idemsend.testing import MockProvider, RedisServer
 from idemsend.testing._redis_server import free_port
 
+from ..ledger._redis_backdate import backdate_key
+
 pytestmark = pytest.mark.anyio
 
 KEY = "welcome:{user_id}:{job_id}"
@@ -221,7 +223,7 @@ async def test_a_worker_clock_hours_behind_does_not_resend_a_stale_unknown_outco
         key=key, job_id="job-1", payload=b'{"a":1}', fingerprint="f" * 64, token="dead-worker", lease=0.1
     )
     assert claim.__class__.__name__ == "Claimed"
-    assert await ledger._backdate(key, 23.5 * 3600, end_lease=True)
+    assert await backdate_key(ledger, key, 23.5 * 3600, end_lease=True)
     # This worker's clock runs 2 h behind: by its own clock the first send is 21.5 h old.
     real = time.time
     monkeypatch.setattr(time, "time", lambda: real() - 2 * 3600)

@@ -17,6 +17,7 @@ from idemsend.ledger import Ledger, MemoryLedger, RedisLedger, ledger_from_url
 from idemsend.testing import PostgresServer, RedisServer
 from idemsend.testing.ledger_contract import Backdate, LedgerContract, MakeLedger, StoreAction
 
+from ._redis_backdate import backdate_key
 from .conftest import HAVE_ASYNCPG, NO_ASYNCPG, create_database, own_postgres, pg_execute, run_sync
 
 # -- MemoryLedger: the store is one MemoryLedger object, shared by every "worker" -----------
@@ -103,7 +104,7 @@ class _RedisContract(LedgerContract):
     @pytest.fixture
     def store_backdate(self, admin: Any, prefix: str) -> Backdate:
         async def backdate(key: str, seconds: float) -> None:
-            assert await RedisLedger(admin, prefix=prefix)._backdate(key, seconds), key
+            assert await backdate_key(RedisLedger(admin, prefix=prefix), key, seconds), key
 
         return backdate
 

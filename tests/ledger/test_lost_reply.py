@@ -21,10 +21,11 @@ import pytest
 from idemsend import Engine, Job, SetupError
 from idemsend._body import fingerprint
 from idemsend.ledger import Claimed, LedgerRecord, LedgerUnavailableError, RedisLedger
-from idemsend.ledger._redis import _CODES
+from idemsend.ledger._redis._lua import CODES as _CODES
 from idemsend.testing import MockProvider
 
 from ._lost_reply import Loss, LostReplyProxy, evalsha_plan
+from ._redis_backdate import backdate_key
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -108,7 +109,7 @@ async def test_a_lost_claim_reply_then_a_401_leaves_nothing_to_go_stale(redis_ur
             assert loss.dropped.is_set() and loss.ran == 2
         assert p.stats.requests == 1 and p.sends == 0
         ledger = RedisLedger.from_url(redis_url, prefix=prefix)
-        await ledger._backdate(key, 25 * 3600, end_lease=True)  # a day later (if anything is left)
+        await backdate_key(ledger, key, 25 * 3600, end_lease=True)  # a day later (if anything is left)
         async with Engine(p.emails_url, key="welcome:{user_id}:{job_id}", api_key="the-right-key",
                           ledger=ledger) as e:
             result = await e.send(job, body)

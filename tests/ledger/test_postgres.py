@@ -35,7 +35,6 @@ asyncpg = pytest.importorskip("asyncpg", reason="asyncpg is not installed: pip i
 
 from idemsend.ledger._postgres import (  # noqa: E402 - needs asyncpg
     PostgresLedger,
-    inspect_record,
     schema_sql,
     validate_table,
 )
@@ -477,16 +476,23 @@ async def test_a_malformed_record_is_a_store_failure(make: Any, postgres_store_u
         await ledger.claim(key="k", job_id="j", payload=P1, fingerprint=F1, token="t2", lease=30)
 
 
-async def test_inspect_record(make: Any, postgres_store_url: str, prefix: str) -> None:
+async def test_a_record_read_through_the_url_as_idemsend_inspect_reads_it(
+    make: Any, postgres_store_url: str, prefix: str
+) -> None:
+    """``idemsend inspect`` reads a record with ``ledger_from_url(url, prefix=...).get(key)``:
+    the prefix names the table (``<prefix>_ledger``)."""
     ledger = make(create_table=True)
     await ledger.start()
     await ledger.claim(key="k", job_id="j", payload=P1, fingerprint=F1, token="t", lease=30)
     await ledger.complete(key="k", token="t", response={"id": "em_1", "status": 200})
-    shown = await inspect_record(postgres_store_url, "k", table=f"{prefix}_ledger")
-    assert shown is not None and shown["state"] == "done" and shown["response_id"] == "em_1"
-    assert shown["job_id"] == "j" and shown["fingerprint"] == F1 and abs(shown["first_sent_at"] - time.time()) < 60
-    assert await inspect_record(postgres_store_url, "nope", table=f"{prefix}_ledger") is None
-    assert await inspect_record(postgres_store_url, "k", prefix=prefix) == shown  # the table the prefix names
+    reader = ledger_from_url(postgres_store_url, prefix=prefix, sweep_interval=0, pool_size=1)
+    try:
+        shown = await reader.get("k")
+        assert shown is not None and shown.state == "done" and (shown.response or {}).get("id") == "em_1"
+        assert shown.job_id == "j" and shown.fingerprint == F1 and abs(shown.first_sent_at - time.time()) < 60
+        assert await reader.get("nope") is None
+    finally:
+        await reader.aclose()
 
 
 # -- PgBouncer: no session state, no prepared statements ----------------------------------------
@@ -504,7 +510,7 @@ async def session_state(ledger: PostgresLedger) -> dict[str, Any]:
         )
         return dict(row)
 
-    return await ledger._on_connection(look)
+    return await ledger._db.on_connection(look)
 
 
 async def workload(ledger: PostgresLedger) -> None:
@@ -603,7 +609,7 @@ async def test_through_pgbouncer_in_transaction_mode(bouncer: PgBouncer, postgre
     url = with_params(bouncer.dsn, statement_cache_size="0", create_table="true")
     one, two = ledger_from_url(url, prefix=prefix), ledger_from_url(url, prefix=prefix)
     try:
-        assert isinstance(one, PostgresLedger) and one._pool_options["statement_cache_size"] == 0
+        assert isinstance(one, PostgresLedger) and one._db.options["statement_cache_size"] == 0
         await one.start()
         await two.start()
         race = await asyncio.gather(*(

@@ -47,6 +47,14 @@ def redis_ledger(request: pytest.FixtureRequest, flavour: str, **options: Any) -
 # -- records in Redis: TTLs, a FLUSHALL -----------------------------------------------------
 
 
+def test_the_ledger_script_has_no_test_only_operation() -> None:
+    """Moving a record's first-sent time back is for tests: tests/ledger/_redis_backdate.py
+    runs a script of its own; the one every worker loads has no such operation."""
+    from idemsend.ledger._redis._lua import OPS, SCRIPT
+
+    assert "backdate" not in OPS and "backdate" not in SCRIPT.lower()
+
+
 @pytest.mark.parametrize("flavour", ["redis", "cluster"])
 async def test_records_expire_after_the_retention(flavour: str, request: pytest.FixtureRequest) -> None:
     ledger = redis_ledger(request, flavour, retention=30)
@@ -318,17 +326,18 @@ async def test_start_reads_the_server_version_and_refuses_one_older_than_7() -> 
     in a ConfigError at start, not left to fail every claim with "syntax error". No Redis 6
     runs here, so the judgement is checked on the facts start() read (the version read is
     checked against this machine's real server)."""
-    from idemsend.ledger._redis import _ServerFacts
+    from idemsend.ledger import judge
+    from idemsend.ledger._redis._fitness import ServerFacts, read_servers, store_facts
 
     with RedisServer() as server:
         ledger = RedisLedger.from_url(server.url)
         try:
-            [facts] = [await ledger._facts(node, name) for node, name in await ledger._servers()]
+            [facts] = await read_servers(ledger.client, cluster=False)
             assert facts.version is not None and facts.version.split(".")[0].isdigit()
-            ledger._judge([facts])  # this machine's Redis (7.x) is accepted
-            old = _ServerFacts("10.0.0.5:6379", policy="noeviction", persisted=True, version="6.2.14")
+            assert judge(store_facts([facts])).fit  # this machine's Redis (7.x) is accepted
+            old = ServerFacts("10.0.0.5:6379", policy="noeviction", persisted=True, version="6.2.14")
             with pytest.raises(ConfigError, match=r"Redis 7\.0 or newer.*10\.0\.0\.5:6379 runs Redis 6\.2\.14"):
-                ledger._judge([facts, old])
+                judge(store_facts([facts, old])).enforce()
         finally:
             await ledger.aclose()
 

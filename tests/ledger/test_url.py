@@ -143,9 +143,9 @@ def test_postgres_url_parameters_of_the_ledger_are_read_and_taken_out() -> None:
         f"postgresql://app:{SECRET}@db.example.com/idemsend?create_table=true&statement_cache_size=0&sslmode=disable"
     )
     assert isinstance(ledger, PostgresLedger) and ledger.create_table
-    assert ledger._pool_options["statement_cache_size"] == 0
-    assert ledger._dsn is not None and "sslmode=disable" in ledger._dsn
-    assert "statement_cache_size" not in ledger._dsn and "create_table" not in ledger._dsn  # not sent to the server
+    assert ledger._db.options["statement_cache_size"] == 0
+    assert ledger._db.dsn is not None and "sslmode=disable" in ledger._db.dsn
+    assert "statement_cache_size" not in ledger._db.dsn and "create_table" not in ledger._db.dsn  # not sent on
     explicit = PostgresLedger.from_url("postgresql://db.example.com/x?create_table=true", create_table=False)
     assert not explicit.create_table  # a keyword argument wins over the DSN
 

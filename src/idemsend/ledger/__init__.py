@@ -10,7 +10,9 @@ is first used. (``PostgresLedger`` is not in ``__all__``: a star import, or a ch
 every exported name resolves, must not need the ``postgres`` extra.)
 
 A ledger of your own implements the ``Ledger`` protocol and passes
-``idemsend.testing.ledger_contract.LedgerContract``; ``GroupCommit`` batches its calls.
+``idemsend.testing.ledger_contract.LedgerContract``; ``GroupCommit`` batches its calls, and
+its ``start()`` can judge its store by the same policy as ours: gather ``StoreFacts``, then
+``judge(facts).enforce()``.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -32,8 +34,10 @@ from ._base import (
     SettleResult,
     Unstable,
 )
+from ._fitness import Caution, Finding, StoreFacts, Verdict, judge
 from ._group import GroupCommit
 from ._memory import MemoryLedger
+from ._records import Recorded
 from ._url import ledger_from_url, postgres_table_for_prefix
 
 if TYPE_CHECKING:
@@ -45,20 +49,26 @@ __all__ = [
     "DEFAULT_PROVIDER_WINDOW",
     "DEFAULT_RETENTION",
     "Busy",
+    "Caution",
     "ClaimResult",
     "Claimed",
     "Conflict",
     "Done",
     "Failed",
+    "Finding",
     "GroupCommit",
     "Ledger",
     "LedgerRecord",
     "LedgerUnavailableError",
     "MemoryLedger",
     "RecordState",
+    "Recorded",
     "RedisLedger",
     "SettleResult",
+    "StoreFacts",
     "Unstable",
+    "Verdict",
+    "judge",
     "ledger_from_url",
     "postgres_table_for_prefix",
 ]

@@ -23,9 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from .._errors import BackendError
+
+if TYPE_CHECKING:
+    from ._records import Recorded
 
 __all__ = [
     "DEFAULT_LEASE",
@@ -113,6 +116,13 @@ class Done:
     response: Mapping[str, Any]
     fingerprint: str
 
+    @property
+    def recorded(self) -> Recorded:
+        """``response`` typed (``idemsend.ledger.Recorded``): id, status, body."""
+        from ._records import Recorded
+
+        return Recorded.of(self.response)
+
 
 @dataclass(frozen=True, slots=True)
 class Failed:
@@ -198,6 +208,11 @@ class Ledger(Protocol):
 
     ``idemsend.testing.ledger_contract.LedgerContract`` checks all of this.
     """
+
+    #: How long a record lives (seconds) after it was claimed, completed or failed (see
+    #: "Retention" above). ``Engine`` refuses a ledger whose retention is shorter than the
+    #: provider's window: past it the ledger would protect nothing.
+    retention: float
 
     async def start(self) -> None:
         """Check once that the store is fit to be a ledger; ``Engine.start()`` calls it.

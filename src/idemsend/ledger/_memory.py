@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -22,13 +21,13 @@ from ._base import (
     Claimed,
     ClaimResult,
     Conflict,
-    Done,
     Failed,
     LedgerRecord,
     RecordState,
     SettleResult,
     Unstable,
 )
+from ._records import conflicts, done, encode_response, ledger_record
 
 __all__ = ["MemoryLedger"]
 
@@ -52,6 +51,72 @@ class _Record:
     response: bytes = b""  # the recorded response as compact JSON (a dict costs ~5x more)
     code: str = ""
     message: str = ""
+
+
+@dataclass(slots=True)
+class _EvictionWarnings:
+    """What evicting costs, counted and said: the WARNINGs a full ``MemoryLedger`` logs
+    (each kind at most once per ``WARN_INTERVAL`` of the ledger's clock, with a count of
+    those since the last one). The ledger's bound and provider window are passed at each
+    call (they are its public, settable attributes)."""
+
+    _unwarned_in_window: int = 0
+    _last_evict_warning: float = -math.inf
+    _last_over_warning: float = -math.inf
+    _unwarned_abandoned: int = 0
+    _last_abandoned_warning: float = -math.inf
+
+    def evicted(self, key: str, rec: _Record, now: float, max_records: int, provider_window: float) -> bool:
+        """Note the eviction of ``key``'s record ``rec`` at ``now``, warning when it loses
+        protection; answers whether it was a done record still inside the provider window."""
+        if rec.state == "in_flight":
+            self._unwarned_abandoned += 1
+            if now - self._last_abandoned_warning >= WARN_INTERVAL:
+                log.warning(
+                    "idemsend: MemoryLedger is full (max_records=%d), holds no completed record, and evicted %d"
+                    " abandoned in-flight record(s) (lease run out, outcome unknown), e.g. %s: a redelivery"
+                    " of such a job is sent as new, without the frozen body and the stale-replay check, so one"
+                    " arriving after the provider's window could send twice. Raise max_records, or use RedisLedger.",
+                    max_records, self._unwarned_abandoned, key_ref(key),
+                    extra=fields(key, code="evicted_in_flight", op="evict"),
+                )
+                self._unwarned_abandoned = 0
+                self._last_abandoned_warning = now
+            return False
+        if rec.state == "fatal" and rec.code in UNSAFE_TO_CLEAR:
+            # a stale unknown outcome or a mismatch: the job must not simply run again
+            log.warning(
+                "idemsend: MemoryLedger is full (max_records=%d) and evicted the %s record of %s: a new"
+                " delivery of its job is no longer stopped and may send again. Raise max_records, or use"
+                " RedisLedger.",
+                max_records, rec.code, key_ref(key), extra=fields(key, code=rec.code, op="evict"),
+            )
+            return False
+        if rec.state != "done" or now - rec.first_sent_at >= provider_window:
+            return False
+        self._unwarned_in_window += 1
+        if now - self._last_evict_warning >= WARN_INTERVAL:
+            log.warning(
+                "idemsend: MemoryLedger is full (max_records=%d) and evicted %d done record(s) sent less than"
+                " the provider window (%gh) ago, e.g. %s: their protection past the provider window is"
+                " lost (a replay of such a job after the provider has forgotten its key is sent again)."
+                " Raise max_records, or use RedisLedger.",
+                max_records, self._unwarned_in_window, provider_window / 3600, key_ref(key),
+                extra=fields(key, code="evicted_in_window", op="evict"),
+            )
+            self._unwarned_in_window = 0
+            self._last_evict_warning = now
+        return True
+
+    def over_bound(self, now: float, max_records: int, size: int) -> None:
+        """Warn (at most once a minute) that the ledger grows past its bound, to ``size`` records."""
+        if now - self._last_over_warning >= WARN_INTERVAL:
+            log.warning(
+                "idemsend: MemoryLedger is full (max_records=%d) and grows past its bound (%d records): every"
+                " record is in flight under a live lease, and those are never evicted (they guard sends under way)",
+                max_records, size, extra=fields(code="over_bound", op="claim"),
+            )
+            self._last_over_warning = now
 
 
 class MemoryLedger:
@@ -124,11 +189,7 @@ class MemoryLedger:
         #: inside the provider window.
         self.evictions = 0
         self.evictions_in_window = 0
-        self._unwarned_in_window = 0
-        self._last_evict_warning = -math.inf
-        self._last_over_warning = -math.inf
-        self._unwarned_abandoned = 0
-        self._last_abandoned_warning = -math.inf
+        self._warnings = _EvictionWarnings()
 
     def __len__(self) -> int:
         return len(self._settled) + len(self._flight)
@@ -187,11 +248,14 @@ class MemoryLedger:
             else:
                 found = self._abandoned(now)
                 if found is None:
-                    self._warn_over(now)
+                    self._warnings.over_bound(now, self.max_records, len(self) + 1)
                     return
                 key, rec = found
                 del self._flight[key]
-            self._evicted(key, rec, now)
+            self.evictions += 1
+            self._forget_job(key, rec)
+            if self._warnings.evicted(key, rec, now, self.max_records, self.provider_window):
+                self.evictions_in_window += 1
 
     def _abandoned(self, now: float) -> tuple[str, _Record] | None:
         """The oldest in-flight record whose lease has run out. Live leases met on the way
@@ -208,57 +272,6 @@ class MemoryLedger:
             flight.move_to_end(key)
         self._flight_scan_after = soonest
         return None
-
-    def _evicted(self, key: str, rec: _Record, now: float) -> None:
-        self.evictions += 1
-        self._forget_job(key, rec)
-        if rec.state == "in_flight":
-            self._unwarned_abandoned += 1
-            if now - self._last_abandoned_warning >= WARN_INTERVAL:
-                log.warning(
-                    "idemsend: MemoryLedger is full (max_records=%d), holds no completed record, and evicted %d"
-                    " abandoned in-flight record(s) (lease run out, outcome unknown), e.g. %s: a redelivery"
-                    " of such a job is sent as new, without the frozen body and the stale-replay check, so one"
-                    " arriving after the provider's window could send twice. Raise max_records, or use RedisLedger.",
-                    self.max_records, self._unwarned_abandoned, key_ref(key),
-                    extra=fields(key, code="evicted_in_flight", op="evict"),
-                )
-                self._unwarned_abandoned = 0
-                self._last_abandoned_warning = now
-            return
-        if rec.state == "fatal" and rec.code in UNSAFE_TO_CLEAR:
-            # a stale unknown outcome or a mismatch: the job must not simply run again
-            log.warning(
-                "idemsend: MemoryLedger is full (max_records=%d) and evicted the %s record of %s: a new"
-                " delivery of its job is no longer stopped and may send again. Raise max_records, or use"
-                " RedisLedger.",
-                self.max_records, rec.code, key_ref(key), extra=fields(key, code=rec.code, op="evict"),
-            )
-            return
-        if rec.state != "done" or now - rec.first_sent_at >= self.provider_window:
-            return
-        self.evictions_in_window += 1
-        self._unwarned_in_window += 1
-        if now - self._last_evict_warning >= WARN_INTERVAL:
-            log.warning(
-                "idemsend: MemoryLedger is full (max_records=%d) and evicted %d done record(s) sent less than"
-                " the provider window (%gh) ago, e.g. %s: their protection past the provider window is"
-                " lost (a replay of such a job after the provider has forgotten its key is sent again)."
-                " Raise max_records, or use RedisLedger.",
-                self.max_records, self._unwarned_in_window, self.provider_window / 3600, key_ref(key),
-                extra=fields(key, code="evicted_in_window", op="evict"),
-            )
-            self._unwarned_in_window = 0
-            self._last_evict_warning = now
-
-    def _warn_over(self, now: float) -> None:
-        if now - self._last_over_warning >= WARN_INTERVAL:
-            log.warning(
-                "idemsend: MemoryLedger is full (max_records=%d) and grows past its bound (%d records): every"
-                " record is in flight under a live lease, and those are never evicted (they guard sends under way)",
-                self.max_records, len(self) + 1, extra=fields(code="over_bound", op="claim"),
-            )
-            self._last_over_warning = now
 
     def _recorded_key(self, job_id: str, now: float) -> str | None:
         """The key ``job_id`` was recorded with, while that key's record exists."""
@@ -304,12 +317,12 @@ class MemoryLedger:
             self._flight_scan_after = min(self._flight_scan_after, now + lease)
             self._jobs[job_id] = key
             return Claimed(True, payload, fingerprint, now, 0.0)
-        if rec.fingerprint and rec.job_id != job_id and rec.fingerprint != fingerprint:
+        if conflicts(rec.job_id, rec.fingerprint, job_id, fingerprint):
             return Conflict(rec.fingerprint)
         if recorded is None:
             self._note_extra_job(job_id, key)
         if rec.state == "done":
-            return Done(json.loads(rec.response), rec.fingerprint)
+            return done(rec.response, rec.fingerprint)
         if rec.state == "fatal":
             return Failed(rec.code, rec.message)
         if rec.token and rec.token != token and rec.lease_until > now:
@@ -328,7 +341,7 @@ class MemoryLedger:
 
     async def complete(self, *, key: str, token: str, response: Mapping[str, Any]) -> SettleResult:
         """See ``Ledger.complete``."""
-        body = json.dumps(response, separators=(",", ":")).encode()
+        body = encode_response(response).encode()
         now = self.clock()
         self._expire(now)
         rec = self._owned(key, token, now)
@@ -397,11 +410,10 @@ class MemoryLedger:
         rec = self._record(key, self.clock())
         if rec is None:
             return None
-        return LedgerRecord(
-            key=key, state=rec.state, job_id=rec.job_id, fingerprint=rec.fingerprint,
-            first_sent_at=rec.first_sent_at, response=json.loads(rec.response) if rec.response else None,
-            code=rec.code or None, message=rec.message or None,
-            lease_until=rec.lease_until if rec.state == "in_flight" else None,
+        return ledger_record(
+            key, rec.state, job_id=rec.job_id, fingerprint=rec.fingerprint, first_sent_at=rec.first_sent_at,
+            response=rec.response or None, code=rec.code or None, message=rec.message or None,
+            lease_until=rec.lease_until,
         )
 
     async def aclose(self) -> None:
