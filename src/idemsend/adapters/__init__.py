@@ -11,8 +11,10 @@ Every adapter is a short translation of one outcome model, the adapter kit's
 ``GiveUp(error)`` -> a failure the queue records and never retries (a ``FatalError``, or a
 ``RetryableError`` on the last try, so the real reason is kept).
 
-Shared pieces for new adapters: ``_kit`` (the outcome and the backoff), ``_portal``
-(``ProcessLocalEngine``: one Engine per process for queues with sync jobs), ``_webhook``
+Shared pieces for new adapters: ``_kit`` (the outcome and the backoff), ``_holder``
+(``StartedEngine``: a worker's one Engine, made on first use, started once, closed at
+shutdown), ``_portal`` (``ProcessLocalEngine``: the same per process, for queues with sync
+jobs, on a loop thread), ``_webhook``
 (body reads, responses, aiohttp and ASGI glue for webhook queues), ``_common`` (result
 shape, ``engine_from_env``).
 """

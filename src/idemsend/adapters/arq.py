@@ -33,7 +33,8 @@ from typing import Any
 from .._engine import Engine
 from .._errors import ConfigError, MissingExtraError
 from .._keys import Job
-from ._common import DEFAULT_MAX_TRIES, DEFAULT_RETRY_BASE, EngineFactory, build_engine
+from ._common import DEFAULT_MAX_TRIES, DEFAULT_RETRY_BASE, EngineFactory
+from ._holder import StartedEngine
 from ._kit import GiveUp, RetryIn, Succeeded, check_retry_base, check_tries, run_job
 
 try:
@@ -44,6 +45,7 @@ except ImportError as exc:
 __all__ = ["CTX_ENGINE", "ArqAdapter"]
 
 CTX_ENGINE = "idemsend_engine"
+_CTX_ENGINES = "idemsend_engines"  # the StartedEngine behind ctx[CTX_ENGINE]
 
 
 class ArqAdapter:
@@ -59,13 +61,19 @@ class ArqAdapter:
         self.retry_base = retry_base
 
     async def on_startup(self, ctx: dict[str, Any]) -> None:
-        """arq's ``on_startup``: make and start this worker's Engine, kept in ``ctx``."""
-        ctx[CTX_ENGINE] = await build_engine(self.engine_factory).start()
+        """arq's ``on_startup``: make and start this worker's Engine, kept in ``ctx`` (each
+        arq worker has its own ``ctx``, so each its own Engine)."""
+        engines = StartedEngine(self.engine_factory)
+        ctx[CTX_ENGINE] = await engines.start()
+        ctx[_CTX_ENGINES] = engines
 
     async def on_shutdown(self, ctx: dict[str, Any]) -> None:
         """arq's ``on_shutdown``: close this worker's Engine."""
         engine = ctx.pop(CTX_ENGINE, None)
-        if engine is not None:
+        engines = ctx.pop(_CTX_ENGINES, None)
+        if isinstance(engines, StartedEngine):
+            await engines.close()
+        elif engine is not None:  # put in ctx by hand
             await engine.aclose()
 
     def engine(self, ctx: Mapping[str, Any]) -> Engine:

@@ -84,7 +84,8 @@ from .._errors import ConfigError, FatalError, MissingExtraError, RetryableError
 from .._keys import Job
 from .._log import fields
 from .._redact import safe_url
-from ._common import DEFAULT_MAX_TRIES, DEFAULT_RETRY_BASE, EngineFactory, build_engine
+from ._common import DEFAULT_MAX_TRIES, DEFAULT_RETRY_BASE, EngineFactory
+from ._holder import StartedEngine
 from ._kit import GiveUp, RetryIn, Succeeded, check_retry_base, check_tries, run_job
 
 try:
@@ -286,7 +287,7 @@ class BullMQAdapter:
         self.max_tries = check_tries("max_tries", max_tries)
         self.backoff = check_retry_base(retry_base)
         self.retry_base = retry_base
-        self._engine: Engine | None = None
+        self._engines = StartedEngine(engine_factory)
         self._other_strategy: Callable[..., int] | None = None
         self._warned: set[str] = set()
 
@@ -328,34 +329,25 @@ class BullMQAdapter:
 
     async def start(self, worker_options: Mapping[str, Any]) -> Engine:
         """Make and start this process's Engine (once) and check ``worker_options`` (the
-        options the ``Worker`` runs with) against it; ConfigError when they are unsafe."""
-        if self._engine is None:
-            engine = await build_engine(self.engine_factory).start()
-            try:
-                check_worker_options(worker_options, engine)
-            except BaseException:
-                await engine.aclose()
-                raise
-            self._engine = engine
-        else:
-            check_worker_options(worker_options, self._engine)
-        return self._engine
+        options the ``Worker`` runs with) against it; ConfigError when they are unsafe (an
+        Engine started for options that are refused is closed again)."""
+        started = self._engines.engine
+        engine = await self._engines.start(check=lambda engine: check_worker_options(worker_options, engine))
+        if started is not None:
+            check_worker_options(worker_options, engine)
+        return engine
 
     async def close(self) -> None:
         """Close this process's Engine (after the worker: it waits for the jobs in flight)."""
-        engine, self._engine = self._engine, None
-        if engine is not None:
-            await engine.aclose()
+        await self._engines.close()
 
     @property
     def engine(self) -> Engine:
         """This process's Engine (ConfigError before ``start``)."""
-        if self._engine is None:
-            raise ConfigError(
-                "the idemsend Engine was not started: run the worker in `async with adapter.worker(...)`"
-                " (or await adapter.start(worker_options) before the Worker takes jobs)"
-            )
-        return self._engine
+        return self._engines.require(
+            "the idemsend Engine was not started: run the worker in `async with adapter.worker(...)`"
+            " (or await adapter.start(worker_options) before the Worker takes jobs)"
+        )
 
     @contextlib.asynccontextmanager
     async def worker(

@@ -19,7 +19,8 @@ from typing import Any
 
 from ..._engine import Engine
 from ..._errors import ConfigError
-from .._common import DEFAULT_MAX_TRIES, DEFAULT_RETRY_BASE, EngineFactory, build_engine
+from .._common import DEFAULT_MAX_TRIES, DEFAULT_RETRY_BASE, EngineFactory
+from .._holder import StartedEngine
 from .._kit import check_retry_base, check_tries
 from ._message import (
     JOB_ID_ATTRIBUTE,
@@ -189,7 +190,7 @@ class SQSConsumer:
         self.max_attempts = DEFAULT_MAX_TRIES
         self.redrive_policy: Mapping[str, Any] | None = None
         self._client = client
-        self._engine: Engine | None = None
+        self._engines = StartedEngine(engine_factory)
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()
         self._room = asyncio.Event()
@@ -210,9 +211,7 @@ class SQSConsumer:
     @property
     def engine(self) -> Engine:
         """The running consumer's Engine (ConfigError before ``run`` starts it)."""
-        if self._engine is None:
-            raise ConfigError("the SQSConsumer is not running: await consumer.run()")
-        return self._engine
+        return self._engines.require("the SQSConsumer is not running: await consumer.run()")
 
     def job_id(self, message: SQSMessage) -> str:
         """The job id of ``message``: its ``job_id_attribute``, else its ``MessageId``."""
@@ -241,13 +240,11 @@ class SQSConsumer:
                     client = await stack.enter_async_context(self._make_client())
                 else:
                     client = self._client
-                engine = await build_engine(self.engine_factory).start()
-                stack.push_async_callback(engine.aclose)
-                self._engine = engine
+                engine = await self._engines.start()
+                stack.push_async_callback(self._engines.close)
                 await self._prepare(client, engine)
                 await self._consume(client)
         finally:
-            self._engine = None
             self._running = False
 
     def _make_client(self) -> Any:
