@@ -42,7 +42,10 @@ The adapter kit's outcomes in BullMQ's terms:
   with that reason as its ``failedReason`` (not "max attempts reached"), and is never retried.
 
 Every outcome other than success is also written to the job's log (``job.log``, one JSON
-row per try: ``{"idemsend": "retrying" | "failed" | "fatal", ...}``), which dashboards show.
+row per try, which dashboards show): the adapter kit's ``outcome_record`` (``state``
+``retrying``, ``failed`` or ``fatal``, the reason or code, ``detail``, ``message``,
+``maybe_sent``, ``attempt``, and ``delay`` for a retry), plus ``"idemsend"`` (the state
+again, the row's marker) and ``attempts`` (the job's attempt budget).
 
 **Attempts.** A BullMQ job gets the ``attempts`` it was added with (``job_options()`` sets
 ``max_tries``); without ``attempts`` BullMQ gives it one try, so a ``RetryableError``
@@ -80,13 +83,13 @@ from typing import Any
 
 from .._classify import MAX_RETRY_AFTER
 from .._engine import Engine
-from .._errors import ConfigError, FatalError, MissingExtraError, RetryableError
+from .._errors import ConfigError, MissingExtraError, RetryableError
 from .._keys import Job
 from .._log import fields
 from .._redact import safe_url
 from ._common import DEFAULT_MAX_TRIES, DEFAULT_RETRY_BASE, EngineFactory
 from ._holder import StartedEngine
-from ._kit import GiveUp, RetryIn, Succeeded, check_retry_base, check_tries, run_job
+from ._kit import GiveUp, RetryIn, Succeeded, check_retry_base, check_tries, outcome_record, run_job
 
 try:
     from bullmq import UnrecoverableError, Worker
@@ -432,6 +435,9 @@ class BullMQAdapter:
             engine, Job(job_id, data), body, attempt=attempt, max_attempts=attempts, queue="bullmq",
             backoff=self.backoff,
         )
+        if not isinstance(outcome, Succeeded):
+            await self._note(job, {"idemsend": outcome.state, **outcome_record(outcome, attempt=attempt),
+                                   "attempts": attempts})
         match outcome:
             case Succeeded(result):
                 return result
@@ -441,23 +447,11 @@ class BullMQAdapter:
                     # added without the adapter's backoff (or with a built-in one): this
                     # retry must still wait as long as the provider asked
                     job.opts["backoff"] = {"type": BACKOFF_TYPE}
-                await self._note(job, {
-                    "idemsend": "retrying", "attempt": attempt, "attempts": attempts, "delay": round(delay, 3),
-                    "reason": error.reason, "detail": error.detail, "message": str(error),
-                })
                 raise BullMQRetry(delay, error) from error
             case GiveUp(error, retryable=True):
-                await self._note(job, {
-                    "idemsend": "failed", "attempt": attempt, "attempts": attempts, "reason": outcome.code,
-                    "message": str(error),
-                })
                 raise UnrecoverableError(str(error)) from error
             case GiveUp(error):
-                code = error.code if isinstance(error, FatalError) else outcome.code
-                await self._note(job, {
-                    "idemsend": "fatal", "attempt": attempt, "code": code, "message": str(error),
-                })
-                raise UnrecoverableError(_fatal_reason(code, error)) from error
+                raise UnrecoverableError(_fatal_reason(outcome.code, error)) from error
 
     def _warn_once(self, job_id: str, attempts: int) -> None:
         if attempts == 1 and "attempts" not in self._warned:

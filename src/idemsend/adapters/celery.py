@@ -20,7 +20,7 @@ send_welcome.delay("u1", "ada@example.com")
 settings that make a Celery task at-least-once (see ``docs/adapters-celery.md``).
 
 **One Engine per worker process.** Celery tasks are sync; the adapter runs the async engine
-on one event loop per process (``ProcessLocalEngine``: an anyio blocking portal in a thread),
+on one event loop per process (``ProcessLocalEngine``: a plain asyncio loop in a thread),
 started when the worker process starts and closed when it stops, so every task of that
 process shares one Engine and its pooled connections:
 

@@ -13,7 +13,7 @@ queue.enqueue(send_welcome, "u1", "ada@example.com", retry=idem.retry())
 ```
 
 RQ job functions are sync; the adapter runs the async engine on **one event loop per
-worker process** (``ProcessLocalEngine``: an anyio blocking portal in a thread), so with
+worker process** (``ProcessLocalEngine``: a plain asyncio loop in a thread), so with
 ``SimpleWorker`` every job shares one Engine and its pooled connections. The default
 forking ``Worker`` runs each job in a fresh child process: still correct, one Engine per job.
 
@@ -26,7 +26,9 @@ scheduled job in whole seconds and drops the fraction (``calendar.timegm(dt.utct
 so the interval is rounded up past the next whole second (see :func:`rq_interval`): the
 retry never runs before the provider said it may. ``GiveUp`` (a ``FatalError``, or the
 last retry's ``RetryableError``) is raised with retries switched off for the job, so the
-FailedJobRegistry holds the real reason. The outcome is also written to
+FailedJobRegistry holds the real reason. Every try's outcome record (the adapter kit's
+``outcome_record``: ``state`` ``sent``, ``retrying``, ``failed`` or ``fatal``, with the
+reason or code, ``detail``, ``message``, ``maybe_sent`` and ``attempt``) is also written to
 ``job.meta["idemsend"]`` for dashboards and tests.
 
 Enqueue with ``retry=idem.retry()``: RQ only re-runs a job whose worker died (an
@@ -44,7 +46,7 @@ from .._classify import MAX_RETRY_AFTER
 from .._errors import ConfigError, MissingExtraError
 from .._keys import Job
 from ._common import DEFAULT_MAX_TRIES, DEFAULT_RETRY_BASE, EngineFactory
-from ._kit import GiveUp, RetryIn, Succeeded, check_retry_base, check_tries, run_job
+from ._kit import GiveUp, RetryIn, Succeeded, check_retry_base, check_tries, outcome_record, run_job
 from ._portal import ProcessLocalEngine
 
 try:
@@ -102,24 +104,19 @@ class RQAdapter:
             engine, Job(str(job.id), data), body,
             attempt=attempt, max_attempts=self.max_retries + 1, queue="rq", backoff=self.backoff,
         ))
+        self._meta(job, outcome_record(outcome, attempt=attempt))
         match outcome:
             case Succeeded(result):
-                self._meta(job, result, attempt)
                 return result
-            case RetryIn(delay, error):
-                record = {"state": "retrying", "reason": error.reason, "detail": error.detail, "message": str(error)}
-                self._meta(job, record, attempt)
+            case RetryIn(delay):
                 return Retry(max=self.max_retries, interval=rq_interval(delay))
-            case GiveUp(error, retryable=True):
-                self._meta(job, {"state": "retrying", "reason": outcome.code, "message": str(error)}, attempt)
-                job.retries_left = 0
-                raise error  # the last try: the FailedJobRegistry keeps this reason
             case GiveUp(error):
-                self._meta(job, {"state": "fatal", "code": outcome.code, "message": str(error)}, attempt)
-                job.retries_left = 0  # a fatal job must not be retried, whatever it was enqueued with
+                # the last try, or a fatal job: RQ must not retry it, whatever it was enqueued
+                # with, so the FailedJobRegistry keeps this reason
+                job.retries_left = 0
                 raise error
 
     @staticmethod
-    def _meta(job: Any, value: Mapping[str, Any], attempt: int) -> None:
-        job.meta["idemsend"] = {**value, "attempt": attempt}
+    def _meta(job: Any, record: Mapping[str, Any]) -> None:
+        job.meta["idemsend"] = dict(record)
         job.save_meta()
