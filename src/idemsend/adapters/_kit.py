@@ -63,6 +63,7 @@ __all__ = [
     "QueueBackoff",
     "RetryIn",
     "Succeeded",
+    "adapter_backoff",
     "check_retry_base",
     "check_tries",
     "default_retry_delay",
@@ -262,6 +263,26 @@ def check_retry_base(value: object) -> QueueBackoff:
         raise ConfigError(f"retry_base must be a number of seconds in (0, 3600], got {value!r}")
     assert isinstance(value, int | float)
     return QueueBackoff(base=float(value))
+
+
+def adapter_backoff(
+    backoff: QueueBackoff | None = None, *, retry_base: float | None = None, retry_cap: float | None = None,
+) -> QueueBackoff:
+    """The ``QueueBackoff`` an adapter runs with, the same way in every adapter: its
+    ``backoff=`` as given, or one from the shorthand ``retry_base=`` (the first retry's
+    delay) and ``retry_cap=`` (the longest; Celery takes it), each defaulting to
+    ``DEFAULT_BACKOFF``'s. ConfigError for a ``backoff`` that is not a ``QueueBackoff``, or
+    for ``backoff`` together with a shorthand."""
+    if backoff is not None:
+        if not isinstance(backoff, QueueBackoff):
+            raise ConfigError(f"backoff must be an idemsend.adapters.QueueBackoff, got {backoff!r}")
+        if retry_base is not None or retry_cap is not None:
+            raise ConfigError("pass backoff=QueueBackoff(base=..., cap=...) or retry_base=/retry_cap=, not both")
+        return backoff
+    if retry_base is None and retry_cap is None:
+        return DEFAULT_BACKOFF
+    base = DEFAULT_BACKOFF.base if retry_base is None else check_retry_base(retry_base).base
+    return QueueBackoff(base=base, cap=DEFAULT_BACKOFF.cap if retry_cap is None else retry_cap)
 
 
 # -- the functions adapters used before the kit (kept for compatibility) ------------------

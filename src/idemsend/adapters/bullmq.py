@@ -34,7 +34,7 @@ The adapter kit's outcomes in BullMQ's terms:
   reason kept as ``failedReason``) asks the worker's backoff strategy for the delay, and
   the adapter's strategy (:meth:`BullMQAdapter.backoff_strategy`, installed by
   :meth:`BullMQAdapter.worker_options`) reads it off the error: the provider's
-  ``Retry-After``, else exponential backoff from ``retry_base``. The job waits in BullMQ's
+  ``Retry-After``, else the adapter's exponential ``backoff``. The job waits in BullMQ's
   delayed set until then (rounded up to the next millisecond, plus one, so BullMQ's
   millisecond clocks never run it early).
 * ``GiveUp`` (a ``FatalError``, or a ``RetryableError`` on the job's last attempt) ->
@@ -87,9 +87,9 @@ from .._errors import ConfigError, MissingExtraError, RetryableError
 from .._keys import Job
 from .._log import fields
 from .._redact import safe_url
-from ._common import DEFAULT_MAX_TRIES, DEFAULT_RETRY_BASE, EngineFactory
+from ._common import DEFAULT_MAX_TRIES, EngineFactory, check_factory
 from ._holder import StartedEngine
-from ._kit import GiveUp, RetryIn, Succeeded, check_retry_base, check_tries, outcome_record, run_job
+from ._kit import GiveUp, QueueBackoff, RetryIn, Succeeded, adapter_backoff, check_tries, outcome_record, run_job
 
 try:
     from bullmq import UnrecoverableError, Worker
@@ -280,22 +280,26 @@ def _fatal_reason(code: str, error: BaseException) -> str:
 
 class BullMQAdapter:
     """One Engine per BullMQ worker process, shared by every job, and the processor-side
-    translation of each try's outcome into BullMQ's terms (see the module docstring)."""
+    translation of each try's outcome into BullMQ's terms (see the module docstring).
+
+    ``engine_factory`` makes the process's Engine; ``max_tries`` the attempts jobs are added
+    with (``job_options()``); ``backoff`` (a ``QueueBackoff``) the delay between tries when
+    the provider named none, or the shorthand ``retry_base=`` (its first delay)."""
 
     def __init__(
         self, engine_factory: EngineFactory, *, max_tries: int = DEFAULT_MAX_TRIES,
-        retry_base: float = DEFAULT_RETRY_BASE,
+        backoff: QueueBackoff | None = None, retry_base: float | None = None,
     ) -> None:
-        self.engine_factory = engine_factory
+        self.engine_factory = check_factory(engine_factory)
         self.max_tries = check_tries("max_tries", max_tries)
-        self.backoff = check_retry_base(retry_base)
-        self.retry_base = retry_base
+        self.backoff = adapter_backoff(backoff, retry_base=retry_base)
+        self.retry_base = self.backoff.base
         self._engines = StartedEngine(engine_factory)
         self._other_strategy: Callable[..., int] | None = None
         self._warned: set[str] = set()
 
     def __repr__(self) -> str:
-        return f"<BullMQAdapter max_tries={self.max_tries} retry_base={self.retry_base!r}>"
+        return f"<BullMQAdapter max_tries={self.max_tries} backoff={self.backoff!r}>"
 
     # -- producer and worker options --------------------------------------------------------
 

@@ -19,7 +19,7 @@ forking ``Worker`` runs each job in a fresh child process: still correct, one En
 
 The job id is ``job.id``. The adapter kit's outcomes in RQ's terms: ``Succeeded`` -> the
 job returns ``result_dict``; ``RetryIn`` -> ``rq.Retry(max, interval=…)`` with the
-provider's ``Retry-After``, else exponential backoff from ``retry_base`` (the default 9
+provider's ``Retry-After``, else the adapter's exponential ``backoff`` (the default 9
 retries, 10 tries, ride out an outage of about 8.5 minutes: ``retry_span(10)``). RQ
 re-enqueues it through its scheduler: run ``rq worker --with-scheduler``. RQ scores a
 scheduled job in whole seconds and drops the fraction (``calendar.timegm(dt.utctimetuple())``),
@@ -45,8 +45,8 @@ from typing import Any
 from .._classify import MAX_RETRY_AFTER
 from .._errors import ConfigError, MissingExtraError
 from .._keys import Job
-from ._common import DEFAULT_MAX_TRIES, DEFAULT_RETRY_BASE, EngineFactory
-from ._kit import GiveUp, RetryIn, Succeeded, check_retry_base, check_tries, outcome_record, run_job
+from ._common import DEFAULT_MAX_TRIES, EngineFactory, check_factory
+from ._kit import GiveUp, QueueBackoff, RetryIn, Succeeded, adapter_backoff, check_tries, outcome_record, run_job
 from ._portal import ProcessLocalEngine
 
 try:
@@ -74,16 +74,20 @@ def rq_interval(delay: float, now: float | None = None) -> int:
 
 
 class RQAdapter:
-    """Runs ``Engine.send`` for sync RQ jobs on one event loop per worker process."""
+    """Runs ``Engine.send`` for sync RQ jobs on one event loop per worker process.
+
+    ``engine_factory`` makes each process's Engine; ``max_retries`` is RQ's retry budget
+    (``retry=idem.retry()``); ``backoff`` (a ``QueueBackoff``) the delay between tries when
+    the provider named none, or the shorthand ``retry_base=`` (its first delay)."""
 
     def __init__(
         self, engine_factory: EngineFactory, *, max_retries: int = DEFAULT_MAX_TRIES - 1,
-        retry_base: float = DEFAULT_RETRY_BASE,
+        backoff: QueueBackoff | None = None, retry_base: float | None = None,
     ) -> None:
-        self.engine_factory = engine_factory
+        self.engine_factory = check_factory(engine_factory)
         self.max_retries = check_tries("max_retries", max_retries)
-        self.backoff = check_retry_base(retry_base)
-        self.retry_base = retry_base
+        self.backoff = adapter_backoff(backoff, retry_base=retry_base)
+        self.retry_base = self.backoff.base
         self.engines = ProcessLocalEngine(engine_factory)
 
     def retry(self) -> Retry:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from ..._engine import Engine
 from ..._errors import ConfigError, MissingExtraError
 from ..._keys import Job
+from .._common import check_factory
 from .._holder import StartedEngine
 from .._kit import GiveUp, RetryIn, Succeeded, run_job
 from .._webhook import (
@@ -169,7 +170,7 @@ class QStashHandler:
             )
         # an Engine passed in is its owner's (started and closed by them); a factory's is ours
         self._given: Engine | None = engine if isinstance(engine, Engine) else None
-        self._engines = None if isinstance(engine, Engine) else StartedEngine(engine)
+        self._engines = None if isinstance(engine, Engine) else StartedEngine(check_factory(engine))
         self.receiver = Receiver(current_signing_key=current_signing_key, next_signing_key=next_signing_key)
         self.url = url
         self.url_from_request = url_from_request
