@@ -11,13 +11,13 @@ from typing import Any
 
 from arq.connections import RedisSettings
 
-from idemsend.adapters import engine_from_env
+from idemsend.adapters import QueueBackoff, engine_from_env
 from idemsend.adapters.arq import ArqAdapter
 
 idem = ArqAdapter(
     engine_from_env,
     max_tries=int(os.environ.get("ARQ_MAX_TRIES", "10")),
-    retry_base=float(os.environ.get("ARQ_RETRY_BASE", "1.0")),
+    backoff=QueueBackoff(base=float(os.environ.get("ARQ_RETRY_BASE", "1.0"))),
 )
 
 

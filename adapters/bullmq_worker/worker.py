@@ -20,7 +20,7 @@ import signal
 import socket
 from typing import Any
 
-from idemsend.adapters import engine_from_env
+from idemsend.adapters import QueueBackoff, engine_from_env
 from idemsend.adapters.bullmq import BullMQAdapter
 
 QUEUE = os.environ.get("BULLMQ_QUEUE", "emails")
@@ -28,7 +28,7 @@ QUEUE = os.environ.get("BULLMQ_QUEUE", "emails")
 idem = BullMQAdapter(
     engine_from_env,
     max_tries=int(os.environ.get("BULLMQ_MAX_TRIES", "10")),
-    retry_base=float(os.environ.get("BULLMQ_RETRY_BASE", "1.0")),
+    backoff=QueueBackoff(base=float(os.environ.get("BULLMQ_RETRY_BASE", "1.0"))),
 )
 
 

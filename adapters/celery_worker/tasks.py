@@ -20,7 +20,7 @@ from typing import Any
 
 from celery import Celery
 
-from idemsend.adapters import engine_from_env
+from idemsend.adapters import QueueBackoff, engine_from_env
 from idemsend.adapters.celery import CeleryAdapter
 
 BROKER_URL = os.environ.get("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -54,8 +54,9 @@ app.conf.update(
 idem = CeleryAdapter(
     app,
     engine_from_env,
-    retry_base=float(os.environ.get("CELERY_RETRY_BASE", "1.0")),
-    retry_cap=float(os.environ.get("CELERY_RETRY_CAP", "300")),
+    backoff=QueueBackoff(
+        base=float(os.environ.get("CELERY_RETRY_BASE", "1.0")), cap=float(os.environ.get("CELERY_RETRY_CAP", "300")),
+    ),
 )
 
 

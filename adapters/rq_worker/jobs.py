@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from idemsend.adapters import engine_from_env
+from idemsend.adapters import QueueBackoff, engine_from_env
 from idemsend.adapters.rq import RQAdapter
 
 idem = RQAdapter(
     engine_from_env,
     max_retries=int(os.environ.get("RQ_MAX_RETRIES", "9")),
-    retry_base=float(os.environ.get("RQ_RETRY_BASE", "1.0")),
+    backoff=QueueBackoff(base=float(os.environ.get("RQ_RETRY_BASE", "1.0"))),
 )
 
 

@@ -19,7 +19,7 @@ import os
 import signal
 from typing import Any
 
-from idemsend.adapters import engine_from_env
+from idemsend.adapters import QueueBackoff, engine_from_env
 from idemsend.adapters.sqs import SQSConsumer, SQSOutcome
 
 RESULTS_TTL = 7 * 24 * 3600
@@ -60,7 +60,7 @@ async def main() -> None:
         visibility_timeout=optional("SQS_VISIBILITY_TIMEOUT", int),
         heartbeat=optional("SQS_HEARTBEAT", float),
         max_attempts=optional("SQS_MAX_ATTEMPTS", int),
-        retry_base=float(os.environ.get("SQS_RETRY_BASE", "1.0")),
+        backoff=QueueBackoff(base=float(os.environ.get("SQS_RETRY_BASE", "1.0"))),
         give_up=os.environ.get("SQS_GIVE_UP", "delete"),  # type: ignore[arg-type]
         shutdown_timeout=float(os.environ.get("SQS_SHUTDOWN_TIMEOUT", "25")),
         on_outcome=results.write if results else None,

@@ -122,7 +122,7 @@ def _terminal(status: str, meta: dict[str, Any]) -> Terminal | None:
     outcome = meta.get("idemsend", {})
     if status == "finished":
         return Terminal("sent", replayed=bool(outcome.get("replayed")))
-    if status == "failed" and outcome.get("state") == "retrying":  # the last retry's reason
+    if status == "failed" and outcome.get("state") in ("failed", "retrying"):  # the last retry's reason
         return Terminal("failed", reason=str(outcome.get("message", "")))
     if status == "failed":  # fatal, or abandoned with no retries left (no outcome recorded)
         return Terminal("fatal", code=outcome.get("code") or "RQ_FAILED", reason=str(outcome.get("message", "")))

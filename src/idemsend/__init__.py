@@ -25,7 +25,7 @@ from ._errors import (
     StaleReplayError,
     UnstableKeyError,
 )
-from ._hooks import Hook, LedgerInfo, OutcomeInfo, SendInfo, SendObserver, TryInfo, WaitInfo
+from ._hooks import Hook, LedgerInfo, Observer, OutcomeInfo, SendInfo, SendObserver, TryInfo, WaitInfo
 from ._keys import MAX_JOB_ID_BYTES, Job, KeyDeriver, Template, validate_job_id, validate_key
 from ._result import SendResult
 from ._transport import AiohttpTransport, RawResponse, Transport, TransportError, TransportRequest
@@ -49,6 +49,7 @@ __all__ = [
     "Limits",
     "MismatchError",
     "MissingExtraError",
+    "Observer",
     "OutcomeInfo",
     "Provider",
     "RawResponse",

@@ -7,10 +7,14 @@ HTTP try, each wait, each ledger call, and the outcome. With no hook set the eng
 all of it (one ``if`` per event).
 
 ```python
+class PrintObserver(Observer):          # Observer: every event a no-op, override what you need
+    def on_outcome(self, info):
+        print(info.outcome, info.tries)
+
 class PrintHook:
     @contextlib.contextmanager
     def send_scope(self, info):
-        yield PrintObserver(info)       # has on_try, on_wait, on_ledger, on_outcome
+        yield PrintObserver()
 
 Engine(url, key=..., hooks=[PrintHook()])
 ```
@@ -42,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Hook",
     "LedgerInfo",
+    "Observer",
     "OutcomeInfo",
     "SendInfo",
     "SendObserver",
@@ -139,6 +144,26 @@ class SendObserver(Protocol):
     def on_outcome(self, info: OutcomeInfo) -> None:
         """Once, when the send ends (also when it raises)."""
         ...
+
+
+class Observer:
+    """A ``SendObserver`` that hears every event and does nothing with it: subclass it and
+    override only the events you need (the others stay no-ops, so an observer never lacks
+    a method the engine calls)."""
+
+    __slots__ = ()
+
+    def on_try(self, info: TryInfo) -> None:
+        """After each HTTP try: nothing."""
+
+    def on_wait(self, info: WaitInfo) -> None:
+        """Before each in-process wait: nothing."""
+
+    def on_ledger(self, info: LedgerInfo) -> None:
+        """After each ledger call: nothing."""
+
+    def on_outcome(self, info: OutcomeInfo) -> None:
+        """Once, when the send ends: nothing."""
 
 
 @runtime_checkable

@@ -6,7 +6,7 @@ import contextlib
 import json
 from collections.abc import Callable, Iterator
 
-from idemsend import Engine, RawResponse, SendInfo, TransportRequest
+from idemsend import Engine, Observer, RawResponse, SendInfo, TransportRequest
 from idemsend.testing import MockTransport
 
 URL = "https://api.example.com/api/v1/emails"
@@ -21,8 +21,9 @@ def error(status: int, code: str, headers: dict[str, str] | None = None) -> RawR
     return RawResponse(status, headers or {}, json.dumps({"error": {"code": code, "message": code.lower()}}).encode())
 
 
-class Queues:
-    """A Hook that keeps the ``(queue, attempt)`` of every send."""
+class Queues(Observer):
+    """A Hook that keeps the ``(queue, attempt)`` of every send (its own observer, hearing
+    nothing else)."""
 
     def __init__(self) -> None:
         self.seen: list[tuple[str | None, int | None]] = []
@@ -31,11 +32,6 @@ class Queues:
     def send_scope(self, info: SendInfo) -> Iterator[Queues]:
         self.seen.append((info.queue, info.attempt))
         yield self
-
-    def on_try(self, info: object) -> None: ...
-    def on_wait(self, info: object) -> None: ...
-    def on_ledger(self, info: object) -> None: ...
-    def on_outcome(self, info: object) -> None: ...
 
 
 def scripted(*answers: RawResponse, hook: Queues | None = None) -> Callable[[], Engine]:

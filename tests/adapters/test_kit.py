@@ -23,6 +23,7 @@ from idemsend.adapters import (
     RetryIn,
     Succeeded,
     default_retry_delay,
+    outcome_record,
     retry_span,
     run_job,
 )
@@ -104,6 +105,35 @@ async def test_a_key_that_cannot_be_derived_gives_up_before_any_request() -> Non
         outcome = await run_job(e, Job("j", {"user_id": "has a space"}), BODY, attempt=1, max_attempts=3, queue="q")
     assert isinstance(outcome, GiveUp) and outcome.code == "KEY_DERIVATION"
     assert isinstance(e.transport, MockTransport) and e.transport.requests == []
+
+
+async def test_the_outcome_record_is_one_vocabulary_with_the_same_fields() -> None:
+    async with engine(error(429, "SLOW", {"Retry-After": "2.0004"})) as e:
+        retrying = await one_try(e, 1, 3)
+    async with engine(error(503, "UNAVAILABLE")) as e:
+        failed = await one_try(e, 3, 3)
+    async with engine(error(400, "VALIDATION_ERROR")) as e:
+        fatal = await one_try(e, 1, 3)  # a first try: nothing can have run before it
+    async with engine() as e:
+        sent = await one_try(e, 1, 3)
+    assert [o.state for o in (sent, retrying, failed, fatal)] == ["sent", "retrying", "failed", "fatal"]
+    assert isinstance(sent, Succeeded) and outcome_record(sent, attempt=1) == {**sent.result, "attempt": 1}
+    assert outcome_record(retrying, attempt=1) == {
+        "state": "retrying", "reason": "provider", "detail": "HTTP 429", "message": str(retrying.error),  # type: ignore[union-attr]
+        "maybe_sent": False, "attempt": 1, "delay": 2.0,  # a 429 ran nothing; the delay to the millisecond
+    }
+    assert isinstance(failed, GiveUp) and isinstance(failed.error, RetryableError)
+    assert outcome_record(failed, attempt=3) == {
+        "state": "failed", "reason": "provider", "detail": failed.error.detail, "message": str(failed.error),
+        "maybe_sent": True, "attempt": 3,  # a 503 may have run
+    }
+    assert isinstance(fatal, GiveUp) and isinstance(fatal.error, FatalError)
+    assert outcome_record(fatal, attempt=None) == {
+        "state": "fatal", "code": "VALIDATION_ERROR", "detail": fatal.error.detail, "message": str(fatal.error),
+        "maybe_sent": False, "attempt": None,
+    }
+    with pytest.raises(TypeError, match="not a JobOutcome"):
+        outcome_record("sent", attempt=1)  # type: ignore[arg-type]
 
 
 async def test_setup_mistakes_are_not_outcomes_they_propagate() -> None:

@@ -9,10 +9,15 @@ Every adapter is a short translation of one outcome model, the adapter kit's
 ``result_dict(result)``; ``RetryIn(delay, error)`` -> the queue's own delayed retry after
 ``delay`` (the provider's ``retry_after``, else ``QueueBackoff``'s exponential backoff);
 ``GiveUp(error)`` -> a failure the queue records and never retries (a ``FatalError``, or a
-``RetryableError`` on the last try, so the real reason is kept).
+``RetryableError`` on the last try, so the real reason is kept). An adapter that keeps an
+account of each try writes ``outcome_record(outcome, attempt=...)``: ``state`` is ``sent``,
+``retrying`` (a retry is scheduled), ``failed`` (the last try ended on a retryable error) or
+``fatal``, on every queue.
 
-Shared pieces for new adapters: ``_kit`` (the outcome and the backoff), ``_portal``
-(``ProcessLocalEngine``: one Engine per process for queues with sync jobs), ``_webhook``
+Shared pieces for new adapters: ``_kit`` (the outcome and the backoff), ``_holder``
+(``StartedEngine``: a worker's one Engine, made on first use, started once, closed at
+shutdown), ``_portal`` (``ProcessLocalEngine``: the same per process, for queues with sync
+jobs, on a loop thread), ``_webhook``
 (body reads, responses, aiohttp and ASGI glue for webhook queues), ``_common`` (result
 shape, ``engine_from_env``).
 """
@@ -29,10 +34,12 @@ from ._common import (
 from ._kit import (
     GiveUp,
     JobOutcome,
+    OutcomeState,
     QueueBackoff,
     RetryIn,
     Succeeded,
     default_retry_delay,
+    outcome_record,
     retry_span,
     run_job,
 )
@@ -44,11 +51,13 @@ __all__ = [
     "EngineFactory",
     "GiveUp",
     "JobOutcome",
+    "OutcomeState",
     "QueueBackoff",
     "RetryIn",
     "Succeeded",
     "default_retry_delay",
     "engine_from_env",
+    "outcome_record",
     "result_dict",
     "retry_span",
     "run_job",

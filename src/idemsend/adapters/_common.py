@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_RETRY_CAP",
     "EngineFactory",
     "build_engine",
+    "check_factory",
     "engine_from_env",
     "result_dict",
     "whole_seconds",
@@ -38,6 +39,20 @@ DEFAULT_RETRY_CAP = 300.0
 
 #: Builds the one Engine a worker process shares between its jobs.
 EngineFactory = Callable[[], Engine]
+
+
+def check_factory(factory: object) -> EngineFactory:
+    """An adapter's ``engine_factory`` if it is callable (a zero-argument function that
+    makes an Engine), else ConfigError; an Engine passed where its factory belongs is named
+    as such (each worker makes its own Engine, so the adapter needs the recipe)."""
+    if isinstance(factory, Engine):
+        raise ConfigError(
+            "the adapter needs an engine factory, not an Engine: pass `lambda: Engine(...)` (or a function"
+            " that makes one), so each worker process makes and starts its own"
+        )
+    if not callable(factory):
+        raise ConfigError(f"engine_factory must be a zero-argument callable that returns an Engine, got {factory!r}")
+    return factory
 
 
 def build_engine(factory: EngineFactory) -> Engine:

@@ -24,6 +24,20 @@ Every adapter is a short translation of :data:`JobOutcome` into its queue's term
 for the job's key may have run at the provider, whatever the last answer said. An
 adapter's outcome record says it, and never reports such a job "not sent".
 
+**The outcome record.** Every adapter that keeps an account of each try (RQ's
+``job.meta["idemsend"]``, the SQS ``on_outcome`` record, BullMQ's job log) builds it with
+:func:`outcome_record`, so the words are the same on every queue. ``state`` is
+``outcome.state``:
+
+=============  ==============================================================================
+``sent``       sent or replayed: the result (``result_dict``) and ``attempt``
+``retrying``   a retry is scheduled (``RetryIn``): ``reason`` (``RetryableError.reason``, one
+               word), ``detail``, ``message``, ``maybe_sent``, ``attempt``, ``delay`` (seconds)
+``failed``     the last try ended on a retryable error (``GiveUp``, ``retryable=True``): as
+               ``retrying``, without ``delay``
+``fatal``      a ``FatalError`` (``GiveUp``): ``code`` instead of ``reason``
+=============  ==============================================================================
+
 Anything else ``Engine.send`` raises (``ConfigError`` for an engine that was not started,
 a bug) propagates: the queue's own failure handling applies.
 """
@@ -33,7 +47,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from .._classify import MAX_RETRY_AFTER
 from .._engine import Engine
@@ -45,12 +59,15 @@ __all__ = [
     "DEFAULT_BACKOFF",
     "GiveUp",
     "JobOutcome",
+    "OutcomeState",
     "QueueBackoff",
     "RetryIn",
     "Succeeded",
+    "adapter_backoff",
     "check_retry_base",
     "check_tries",
     "default_retry_delay",
+    "outcome_record",
     "retry_span",
     "run_job",
 ]
@@ -110,11 +127,21 @@ class QueueBackoff:
 DEFAULT_BACKOFF = QueueBackoff()
 
 
+#: The ``state`` of an outcome record: ``sent``; ``retrying`` (a retry is scheduled);
+#: ``failed`` (the last try ended on a retryable error); ``fatal``.
+OutcomeState = Literal["sent", "retrying", "failed", "fatal"]
+
+
 @dataclass(frozen=True, slots=True)
 class Succeeded:
     """The send happened (or was replayed): ``result`` is what the job returns."""
 
     result: dict[str, Any]
+
+    @property
+    def state(self) -> OutcomeState:
+        """``"sent"``."""
+        return "sent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +150,11 @@ class RetryIn:
 
     delay: float
     error: RetryableError
+
+    @property
+    def state(self) -> OutcomeState:
+        """``"retrying"``: a retry is scheduled."""
+        return "retrying"
 
     @property
     def maybe_sent(self) -> bool:
@@ -137,6 +169,11 @@ class GiveUp:
 
     error: IdemsendError
     retryable: bool
+
+    @property
+    def state(self) -> OutcomeState:
+        """``"failed"`` when the tries ran out on a retryable error, else ``"fatal"``."""
+        return "failed" if self.retryable else "fatal"
 
     @property
     def maybe_sent(self) -> bool:
@@ -156,6 +193,29 @@ class GiveUp:
 
 #: What one try of a job comes to, in no queue's terms.
 JobOutcome = Succeeded | RetryIn | GiveUp
+
+
+def outcome_record(outcome: JobOutcome, *, attempt: int | None) -> dict[str, Any]:
+    """A plain, JSON-able account of one try of a job, the same on every queue (see the
+    module docstring's table): the result for ``Succeeded``; else ``state``, ``reason``
+    (retrying, failed) or ``code`` (fatal), ``detail``, ``message``, ``maybe_sent`` and,
+    for ``retrying``, ``delay`` (seconds, to the millisecond). ``attempt`` is the queue's
+    try number (None: unknown)."""
+    match outcome:
+        case Succeeded(result):
+            return {**result, "attempt": attempt}
+        case RetryIn(delay, error):
+            return {
+                "state": outcome.state, "reason": error.reason, "detail": error.detail, "message": str(error),
+                "maybe_sent": outcome.maybe_sent, "attempt": attempt, "delay": round(delay, 3),
+            }
+        case GiveUp(error):
+            word = "reason" if outcome.retryable else "code"
+            return {
+                "state": outcome.state, word: outcome.code, "detail": getattr(error, "detail", ""),
+                "message": str(error), "maybe_sent": outcome.maybe_sent, "attempt": attempt,
+            }
+    raise TypeError(f"not a JobOutcome: {outcome!r}")
 
 
 async def run_job(
@@ -203,6 +263,26 @@ def check_retry_base(value: object) -> QueueBackoff:
         raise ConfigError(f"retry_base must be a number of seconds in (0, 3600], got {value!r}")
     assert isinstance(value, int | float)
     return QueueBackoff(base=float(value))
+
+
+def adapter_backoff(
+    backoff: QueueBackoff | None = None, *, retry_base: float | None = None, retry_cap: float | None = None,
+) -> QueueBackoff:
+    """The ``QueueBackoff`` an adapter runs with, the same way in every adapter: its
+    ``backoff=`` as given, or one from the shorthand ``retry_base=`` (the first retry's
+    delay) and ``retry_cap=`` (the longest; Celery takes it), each defaulting to
+    ``DEFAULT_BACKOFF``'s. ConfigError for a ``backoff`` that is not a ``QueueBackoff``, or
+    for ``backoff`` together with a shorthand."""
+    if backoff is not None:
+        if not isinstance(backoff, QueueBackoff):
+            raise ConfigError(f"backoff must be an idemsend.adapters.QueueBackoff, got {backoff!r}")
+        if retry_base is not None or retry_cap is not None:
+            raise ConfigError("pass backoff=QueueBackoff(base=..., cap=...) or retry_base=/retry_cap=, not both")
+        return backoff
+    if retry_base is None and retry_cap is None:
+        return DEFAULT_BACKOFF
+    base = DEFAULT_BACKOFF.base if retry_base is None else check_retry_base(retry_base).base
+    return QueueBackoff(base=base, cap=DEFAULT_BACKOFF.cap if retry_cap is None else retry_cap)
 
 
 # -- the functions adapters used before the kit (kept for compatibility) ------------------

@@ -1,5 +1,5 @@
 """One started Engine per process on its own event loop, for queues whose jobs are sync
-functions (RQ, Celery).
+functions (RQ, Celery, the SQS Lambda handler).
 
 A sync job cannot ``await``; starting an event loop (and an Engine, with its connection
 pool and ledger client) per job would throw the pool away every time. ``ProcessLocalEngine``
@@ -11,7 +11,9 @@ started Engine per process, and runs coroutines on it from any thread::
 
 A forked child (RQ's work-horse, Celery's prefork pool) inherits its parent's objects but
 not the loop's thread: the pid decides, so the child builds its own on first use. The
-engine is closed and the loop stopped at interpreter exit, or by ``close()``.
+engine itself is a ``StartedEngine`` (``_holder.py``) on that loop, so the factory runs on
+the loop thread. The engine is closed and the loop stopped at interpreter exit, or by
+``close()``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from .._engine import Engine
-from ._common import EngineFactory, build_engine
+from ._common import EngineFactory
+from ._holder import StartedEngine
 
 __all__ = ["ProcessLocalEngine"]
 
@@ -80,14 +83,19 @@ class _LoopThread:
 
 
 class ProcessLocalEngine:
-    """A started Engine per process, made by ``factory`` on first use, on a loop thread."""
+    """A started Engine per process, made by ``factory`` on first use, on a loop thread:
+    this process's ``StartedEngine``, driven from sync code."""
 
     def __init__(self, factory: EngineFactory) -> None:
         self.factory = factory
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._loop: _LoopThread | None = None
-        self._engine: Engine | None = None
+        self._engines: StartedEngine | None = None
+
+    @property
+    def _engine(self) -> Engine | None:
+        return None if self._engines is None else self._engines.engine
 
     def __repr__(self) -> str:
         state = "running" if self._pid == os.getpid() and self._engine is not None else "idle"
@@ -99,15 +107,18 @@ class ProcessLocalEngine:
                 # First use in this process (a forked child inherits a dead loop thread
                 # from its parent, so the pid decides).
                 loop = _LoopThread()
+                engines = StartedEngine(self.factory)
                 try:
-                    self._engine = loop.call(build_engine(self.factory).start)
+                    loop.call(engines.start)
                 except BaseException:
                     loop.stop()
                     raise
-                self._loop = loop
+                self._loop, self._engines = loop, engines
                 self._pid = os.getpid()
                 atexit.register(self.close)
-            return self._loop, self._engine
+            engine = self._engine
+            assert engine is not None
+            return self._loop, engine
 
     def engine(self) -> Engine:
         """This process's Engine, started (made on first use)."""
@@ -123,15 +134,15 @@ class ProcessLocalEngine:
         """Close the engine and stop the loop thread (at exit, or by hand). In a forked
         child that never used it, only forget the parent's."""
         with self._lock:
-            loop, engine = self._loop, self._engine
-            self._loop = self._engine = None
+            loop, engines = self._loop, self._engines
+            self._loop = self._engines = None
             if self._pid != os.getpid():
                 return
             self._pid = None
             if loop is None:
                 return
             try:
-                if engine is not None:
-                    loop.call(engine.aclose)
+                if engines is not None:
+                    loop.call(engines.close)
             finally:
                 loop.stop()

@@ -19,7 +19,7 @@ class WorkerSettings:
 The job id is ``ctx["job_id"]`` (stable across arq's retries); ``ctx["job_try"]`` is
 logged only. The adapter kit's outcomes in arq's terms: ``Succeeded`` -> the job returns
 ``result_dict``; ``RetryIn`` -> ``arq.Retry(defer=…)``: the provider's ``Retry-After``
-when it gave one, else exponential backoff from ``retry_base`` (with the default 10 tries
+when it gave one, else the adapter's exponential ``backoff`` (with the default 10 tries
 a job rides out a ledger or provider outage of about 8.5 minutes, ``retry_span(10)``);
 ``GiveUp`` -> the error is raised, so arq stores the real reason (on the last try too,
 rather than a bare "max retries exceeded") and never retries it.
@@ -33,8 +33,9 @@ from typing import Any
 from .._engine import Engine
 from .._errors import ConfigError, MissingExtraError
 from .._keys import Job
-from ._common import DEFAULT_MAX_TRIES, DEFAULT_RETRY_BASE, EngineFactory, build_engine
-from ._kit import GiveUp, RetryIn, Succeeded, check_retry_base, check_tries, run_job
+from ._common import DEFAULT_MAX_TRIES, EngineFactory, check_factory
+from ._holder import StartedEngine
+from ._kit import GiveUp, QueueBackoff, RetryIn, Succeeded, adapter_backoff, check_tries, run_job
 
 try:
     from arq import Retry
@@ -44,28 +45,40 @@ except ImportError as exc:
 __all__ = ["CTX_ENGINE", "ArqAdapter"]
 
 CTX_ENGINE = "idemsend_engine"
+_CTX_ENGINES = "idemsend_engines"  # the StartedEngine behind ctx[CTX_ENGINE]
 
 
 class ArqAdapter:
-    """Glue between one Engine per arq worker and ordinary arq job functions."""
+    """Glue between one Engine per arq worker and ordinary arq job functions.
+
+    ``engine_factory`` makes each worker's Engine; ``max_tries`` is arq's try budget (set
+    ``WorkerSettings.max_tries = idem.max_tries``); ``backoff`` (a ``QueueBackoff``) the
+    delay between tries when the provider named none, or the shorthand ``retry_base=`` (its
+    first delay)."""
 
     def __init__(
         self, engine_factory: EngineFactory, *, max_tries: int = DEFAULT_MAX_TRIES,
-        retry_base: float = DEFAULT_RETRY_BASE,
+        backoff: QueueBackoff | None = None, retry_base: float | None = None,
     ) -> None:
-        self.engine_factory = engine_factory
+        self.engine_factory = check_factory(engine_factory)
         self.max_tries = check_tries("max_tries", max_tries)
-        self.backoff = check_retry_base(retry_base)
-        self.retry_base = retry_base
+        self.backoff = adapter_backoff(backoff, retry_base=retry_base)
+        self.retry_base = self.backoff.base
 
     async def on_startup(self, ctx: dict[str, Any]) -> None:
-        """arq's ``on_startup``: make and start this worker's Engine, kept in ``ctx``."""
-        ctx[CTX_ENGINE] = await build_engine(self.engine_factory).start()
+        """arq's ``on_startup``: make and start this worker's Engine, kept in ``ctx`` (each
+        arq worker has its own ``ctx``, so each its own Engine)."""
+        engines = StartedEngine(self.engine_factory)
+        ctx[CTX_ENGINE] = await engines.start()
+        ctx[_CTX_ENGINES] = engines
 
     async def on_shutdown(self, ctx: dict[str, Any]) -> None:
         """arq's ``on_shutdown``: close this worker's Engine."""
         engine = ctx.pop(CTX_ENGINE, None)
-        if engine is not None:
+        engines = ctx.pop(_CTX_ENGINES, None)
+        if isinstance(engines, StartedEngine):
+            await engines.close()
+        elif engine is not None:  # put in ctx by hand
             await engine.aclose()
 
     def engine(self, ctx: Mapping[str, Any]) -> Engine:

@@ -34,7 +34,7 @@ The adapter kit's outcomes in BullMQ's terms:
   reason kept as ``failedReason``) asks the worker's backoff strategy for the delay, and
   the adapter's strategy (:meth:`BullMQAdapter.backoff_strategy`, installed by
   :meth:`BullMQAdapter.worker_options`) reads it off the error: the provider's
-  ``Retry-After``, else exponential backoff from ``retry_base``. The job waits in BullMQ's
+  ``Retry-After``, else the adapter's exponential ``backoff``. The job waits in BullMQ's
   delayed set until then (rounded up to the next millisecond, plus one, so BullMQ's
   millisecond clocks never run it early).
 * ``GiveUp`` (a ``FatalError``, or a ``RetryableError`` on the job's last attempt) ->
@@ -42,7 +42,10 @@ The adapter kit's outcomes in BullMQ's terms:
   with that reason as its ``failedReason`` (not "max attempts reached"), and is never retried.
 
 Every outcome other than success is also written to the job's log (``job.log``, one JSON
-row per try: ``{"idemsend": "retrying" | "failed" | "fatal", ...}``), which dashboards show.
+row per try, which dashboards show): the adapter kit's ``outcome_record`` (``state``
+``retrying``, ``failed`` or ``fatal``, the reason or code, ``detail``, ``message``,
+``maybe_sent``, ``attempt``, and ``delay`` for a retry), plus ``"idemsend"`` (the state
+again, the row's marker) and ``attempts`` (the job's attempt budget).
 
 **Attempts.** A BullMQ job gets the ``attempts`` it was added with (``job_options()`` sets
 ``max_tries``); without ``attempts`` BullMQ gives it one try, so a ``RetryableError``
@@ -80,12 +83,13 @@ from typing import Any
 
 from .._classify import MAX_RETRY_AFTER
 from .._engine import Engine
-from .._errors import ConfigError, FatalError, MissingExtraError, RetryableError
+from .._errors import ConfigError, MissingExtraError, RetryableError
 from .._keys import Job
 from .._log import fields
 from .._redact import safe_url
-from ._common import DEFAULT_MAX_TRIES, DEFAULT_RETRY_BASE, EngineFactory, build_engine
-from ._kit import GiveUp, RetryIn, Succeeded, check_retry_base, check_tries, run_job
+from ._common import DEFAULT_MAX_TRIES, EngineFactory, check_factory
+from ._holder import StartedEngine
+from ._kit import GiveUp, QueueBackoff, RetryIn, Succeeded, adapter_backoff, check_tries, outcome_record, run_job
 
 try:
     from bullmq import UnrecoverableError, Worker
@@ -276,22 +280,26 @@ def _fatal_reason(code: str, error: BaseException) -> str:
 
 class BullMQAdapter:
     """One Engine per BullMQ worker process, shared by every job, and the processor-side
-    translation of each try's outcome into BullMQ's terms (see the module docstring)."""
+    translation of each try's outcome into BullMQ's terms (see the module docstring).
+
+    ``engine_factory`` makes the process's Engine; ``max_tries`` the attempts jobs are added
+    with (``job_options()``); ``backoff`` (a ``QueueBackoff``) the delay between tries when
+    the provider named none, or the shorthand ``retry_base=`` (its first delay)."""
 
     def __init__(
         self, engine_factory: EngineFactory, *, max_tries: int = DEFAULT_MAX_TRIES,
-        retry_base: float = DEFAULT_RETRY_BASE,
+        backoff: QueueBackoff | None = None, retry_base: float | None = None,
     ) -> None:
-        self.engine_factory = engine_factory
+        self.engine_factory = check_factory(engine_factory)
         self.max_tries = check_tries("max_tries", max_tries)
-        self.backoff = check_retry_base(retry_base)
-        self.retry_base = retry_base
-        self._engine: Engine | None = None
+        self.backoff = adapter_backoff(backoff, retry_base=retry_base)
+        self.retry_base = self.backoff.base
+        self._engines = StartedEngine(engine_factory)
         self._other_strategy: Callable[..., int] | None = None
         self._warned: set[str] = set()
 
     def __repr__(self) -> str:
-        return f"<BullMQAdapter max_tries={self.max_tries} retry_base={self.retry_base!r}>"
+        return f"<BullMQAdapter max_tries={self.max_tries} backoff={self.backoff!r}>"
 
     # -- producer and worker options --------------------------------------------------------
 
@@ -328,34 +336,25 @@ class BullMQAdapter:
 
     async def start(self, worker_options: Mapping[str, Any]) -> Engine:
         """Make and start this process's Engine (once) and check ``worker_options`` (the
-        options the ``Worker`` runs with) against it; ConfigError when they are unsafe."""
-        if self._engine is None:
-            engine = await build_engine(self.engine_factory).start()
-            try:
-                check_worker_options(worker_options, engine)
-            except BaseException:
-                await engine.aclose()
-                raise
-            self._engine = engine
-        else:
-            check_worker_options(worker_options, self._engine)
-        return self._engine
+        options the ``Worker`` runs with) against it; ConfigError when they are unsafe (an
+        Engine started for options that are refused is closed again)."""
+        started = self._engines.engine
+        engine = await self._engines.start(check=lambda engine: check_worker_options(worker_options, engine))
+        if started is not None:
+            check_worker_options(worker_options, engine)
+        return engine
 
     async def close(self) -> None:
         """Close this process's Engine (after the worker: it waits for the jobs in flight)."""
-        engine, self._engine = self._engine, None
-        if engine is not None:
-            await engine.aclose()
+        await self._engines.close()
 
     @property
     def engine(self) -> Engine:
         """This process's Engine (ConfigError before ``start``)."""
-        if self._engine is None:
-            raise ConfigError(
-                "the idemsend Engine was not started: run the worker in `async with adapter.worker(...)`"
-                " (or await adapter.start(worker_options) before the Worker takes jobs)"
-            )
-        return self._engine
+        return self._engines.require(
+            "the idemsend Engine was not started: run the worker in `async with adapter.worker(...)`"
+            " (or await adapter.start(worker_options) before the Worker takes jobs)"
+        )
 
     @contextlib.asynccontextmanager
     async def worker(
@@ -440,6 +439,9 @@ class BullMQAdapter:
             engine, Job(job_id, data), body, attempt=attempt, max_attempts=attempts, queue="bullmq",
             backoff=self.backoff,
         )
+        if not isinstance(outcome, Succeeded):
+            await self._note(job, {"idemsend": outcome.state, **outcome_record(outcome, attempt=attempt),
+                                   "attempts": attempts})
         match outcome:
             case Succeeded(result):
                 return result
@@ -449,23 +451,11 @@ class BullMQAdapter:
                     # added without the adapter's backoff (or with a built-in one): this
                     # retry must still wait as long as the provider asked
                     job.opts["backoff"] = {"type": BACKOFF_TYPE}
-                await self._note(job, {
-                    "idemsend": "retrying", "attempt": attempt, "attempts": attempts, "delay": round(delay, 3),
-                    "reason": error.reason, "detail": error.detail, "message": str(error),
-                })
                 raise BullMQRetry(delay, error) from error
             case GiveUp(error, retryable=True):
-                await self._note(job, {
-                    "idemsend": "failed", "attempt": attempt, "attempts": attempts, "reason": outcome.code,
-                    "message": str(error),
-                })
                 raise UnrecoverableError(str(error)) from error
             case GiveUp(error):
-                code = error.code if isinstance(error, FatalError) else outcome.code
-                await self._note(job, {
-                    "idemsend": "fatal", "attempt": attempt, "code": code, "message": str(error),
-                })
-                raise UnrecoverableError(_fatal_reason(code, error)) from error
+                raise UnrecoverableError(_fatal_reason(outcome.code, error)) from error
 
     def _warn_once(self, job_id: str, attempts: int) -> None:
         if attempts == 1 and "attempts" not in self._warned:

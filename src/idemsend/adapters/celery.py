@@ -20,7 +20,7 @@ send_welcome.delay("u1", "ada@example.com")
 settings that make a Celery task at-least-once (see ``docs/adapters-celery.md``).
 
 **One Engine per worker process.** Celery tasks are sync; the adapter runs the async engine
-on one event loop per process (``ProcessLocalEngine``: an anyio blocking portal in a thread),
+on one event loop per process (``ProcessLocalEngine``: a plain asyncio loop in a thread),
 started when the worker process starts and closed when it stops, so every task of that
 process shares one Engine and its pooled connections:
 
@@ -44,7 +44,7 @@ Celery's terms:
 
 * ``Succeeded`` -> the task returns ``result_dict`` (state ``SUCCESS``).
 * ``RetryIn(delay)`` -> ``raise self.retry(countdown=delay, exc=error)``: the provider's
-  ``Retry-After``, else exponential backoff from ``retry_base`` capped at ``retry_cap``.
+  ``Retry-After``, else the adapter's ``backoff`` (exponential, capped).
   Celery republishes the task with the same id and ``retries + 1``; the worker that takes it
   holds it until its ETA, so it never runs early. If that republish fails (the broker is
   unreachable through the publish retry policy) Celery would drop the job
@@ -73,8 +73,8 @@ from urllib.parse import urlsplit
 from .._engine import Engine
 from .._errors import ConfigError, IdemsendError, MissingExtraError
 from .._keys import Job
-from ._common import DEFAULT_MAX_TRIES, DEFAULT_RETRY_BASE, DEFAULT_RETRY_CAP, EngineFactory
-from ._kit import GiveUp, QueueBackoff, RetryIn, Succeeded, check_retry_base, run_job
+from ._common import DEFAULT_MAX_TRIES, EngineFactory, check_factory
+from ._kit import GiveUp, QueueBackoff, RetryIn, Succeeded, adapter_backoff, run_job
 from ._portal import ProcessLocalEngine
 
 try:
@@ -214,19 +214,21 @@ class CeleryAdapter:
 
     Creating the adapter connects it to ``app``'s worker signals (``worker_init``,
     ``worker_process_init``, ``worker_process_shutdown``, ``worker_shutdown``), which start
-    and close the process's Engine; nothing of Celery is patched. ``retry_base`` is the
-    first retry's delay when the provider named none, ``retry_cap`` the longest.
+    and close the process's Engine; nothing of Celery is patched. ``engine_factory`` makes
+    each process's Engine; ``backoff`` (a ``QueueBackoff``) is the delay between tries when
+    the provider named none, or the shorthand ``retry_base=`` (its first delay) and
+    ``retry_cap=`` (its longest).
     """
 
     def __init__(
-        self, app: Celery, engine_factory: EngineFactory, *, retry_base: float = DEFAULT_RETRY_BASE,
-        retry_cap: float = DEFAULT_RETRY_CAP,
+        self, app: Celery, engine_factory: EngineFactory, *, backoff: QueueBackoff | None = None,
+        retry_base: float | None = None, retry_cap: float | None = None,
     ) -> None:
         if not isinstance(app, Celery):
             raise ConfigError(f"CeleryAdapter needs the Celery app, got {app!r}")
         self.app = app
-        self.engine_factory = engine_factory
-        self.backoff = QueueBackoff(base=check_retry_base(retry_base).base, cap=retry_cap)
+        self.engine_factory = check_factory(engine_factory)
+        self.backoff = adapter_backoff(backoff, retry_base=retry_base, retry_cap=retry_cap)
         self.engines = ProcessLocalEngine(engine_factory)
         #: the worker's pool kind, once this process (or its parent) saw ``worker_init``
         self.pool: str | None = None

@@ -13,20 +13,22 @@ queue.enqueue(send_welcome, "u1", "ada@example.com", retry=idem.retry())
 ```
 
 RQ job functions are sync; the adapter runs the async engine on **one event loop per
-worker process** (``ProcessLocalEngine``: an anyio blocking portal in a thread), so with
+worker process** (``ProcessLocalEngine``: a plain asyncio loop in a thread), so with
 ``SimpleWorker`` every job shares one Engine and its pooled connections. The default
 forking ``Worker`` runs each job in a fresh child process: still correct, one Engine per job.
 
 The job id is ``job.id``. The adapter kit's outcomes in RQ's terms: ``Succeeded`` -> the
 job returns ``result_dict``; ``RetryIn`` -> ``rq.Retry(max, interval=…)`` with the
-provider's ``Retry-After``, else exponential backoff from ``retry_base`` (the default 9
+provider's ``Retry-After``, else the adapter's exponential ``backoff`` (the default 9
 retries, 10 tries, ride out an outage of about 8.5 minutes: ``retry_span(10)``). RQ
 re-enqueues it through its scheduler: run ``rq worker --with-scheduler``. RQ scores a
 scheduled job in whole seconds and drops the fraction (``calendar.timegm(dt.utctimetuple())``),
 so the interval is rounded up past the next whole second (see :func:`rq_interval`): the
 retry never runs before the provider said it may. ``GiveUp`` (a ``FatalError``, or the
 last retry's ``RetryableError``) is raised with retries switched off for the job, so the
-FailedJobRegistry holds the real reason. The outcome is also written to
+FailedJobRegistry holds the real reason. Every try's outcome record (the adapter kit's
+``outcome_record``: ``state`` ``sent``, ``retrying``, ``failed`` or ``fatal``, with the
+reason or code, ``detail``, ``message``, ``maybe_sent`` and ``attempt``) is also written to
 ``job.meta["idemsend"]`` for dashboards and tests.
 
 Enqueue with ``retry=idem.retry()``: RQ only re-runs a job whose worker died (an
@@ -43,8 +45,8 @@ from typing import Any
 from .._classify import MAX_RETRY_AFTER
 from .._errors import ConfigError, MissingExtraError
 from .._keys import Job
-from ._common import DEFAULT_MAX_TRIES, DEFAULT_RETRY_BASE, EngineFactory
-from ._kit import GiveUp, RetryIn, Succeeded, check_retry_base, check_tries, run_job
+from ._common import DEFAULT_MAX_TRIES, EngineFactory, check_factory
+from ._kit import GiveUp, QueueBackoff, RetryIn, Succeeded, adapter_backoff, check_tries, outcome_record, run_job
 from ._portal import ProcessLocalEngine
 
 try:
@@ -72,16 +74,20 @@ def rq_interval(delay: float, now: float | None = None) -> int:
 
 
 class RQAdapter:
-    """Runs ``Engine.send`` for sync RQ jobs on one event loop per worker process."""
+    """Runs ``Engine.send`` for sync RQ jobs on one event loop per worker process.
+
+    ``engine_factory`` makes each process's Engine; ``max_retries`` is RQ's retry budget
+    (``retry=idem.retry()``); ``backoff`` (a ``QueueBackoff``) the delay between tries when
+    the provider named none, or the shorthand ``retry_base=`` (its first delay)."""
 
     def __init__(
         self, engine_factory: EngineFactory, *, max_retries: int = DEFAULT_MAX_TRIES - 1,
-        retry_base: float = DEFAULT_RETRY_BASE,
+        backoff: QueueBackoff | None = None, retry_base: float | None = None,
     ) -> None:
-        self.engine_factory = engine_factory
+        self.engine_factory = check_factory(engine_factory)
         self.max_retries = check_tries("max_retries", max_retries)
-        self.backoff = check_retry_base(retry_base)
-        self.retry_base = retry_base
+        self.backoff = adapter_backoff(backoff, retry_base=retry_base)
+        self.retry_base = self.backoff.base
         self.engines = ProcessLocalEngine(engine_factory)
 
     def retry(self) -> Retry:
@@ -102,24 +108,19 @@ class RQAdapter:
             engine, Job(str(job.id), data), body,
             attempt=attempt, max_attempts=self.max_retries + 1, queue="rq", backoff=self.backoff,
         ))
+        self._meta(job, outcome_record(outcome, attempt=attempt))
         match outcome:
             case Succeeded(result):
-                self._meta(job, result, attempt)
                 return result
-            case RetryIn(delay, error):
-                record = {"state": "retrying", "reason": error.reason, "detail": error.detail, "message": str(error)}
-                self._meta(job, record, attempt)
+            case RetryIn(delay):
                 return Retry(max=self.max_retries, interval=rq_interval(delay))
-            case GiveUp(error, retryable=True):
-                self._meta(job, {"state": "retrying", "reason": outcome.code, "message": str(error)}, attempt)
-                job.retries_left = 0
-                raise error  # the last try: the FailedJobRegistry keeps this reason
             case GiveUp(error):
-                self._meta(job, {"state": "fatal", "code": outcome.code, "message": str(error)}, attempt)
-                job.retries_left = 0  # a fatal job must not be retried, whatever it was enqueued with
+                # the last try, or a fatal job: RQ must not retry it, whatever it was enqueued
+                # with, so the FailedJobRegistry keeps this reason
+                job.retries_left = 0
                 raise error
 
     @staticmethod
-    def _meta(job: Any, value: Mapping[str, Any], attempt: int) -> None:
-        job.meta["idemsend"] = {**value, "attempt": attempt}
+    def _meta(job: Any, record: Mapping[str, Any]) -> None:
+        job.meta["idemsend"] = dict(record)
         job.save_meta()

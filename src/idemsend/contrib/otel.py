@@ -55,7 +55,7 @@ from typing import Final
 
 from .. import __version__
 from .._errors import FatalError, IdemsendError, MissingExtraError
-from .._hooks import LedgerInfo, OutcomeInfo, SendInfo, SendObserver, TryInfo, WaitInfo
+from .._hooks import LedgerInfo, Observer, OutcomeInfo, SendInfo, SendObserver, TryInfo, WaitInfo
 
 try:
     from opentelemetry import context as otel_context  # type: ignore[import-not-found, unused-ignore]
@@ -585,7 +585,7 @@ def _replace(text: str, value: str, stand_in: str, *, bare: bool) -> str:
     return text.replace(value, stand_in) if bare else text
 
 
-class _Unrecorded:
+class _Unrecorded(Observer):
     """The scope of a send the hook could not open: hears everything, records nothing."""
 
     __slots__ = ()
@@ -595,18 +595,6 @@ class _Unrecorded:
 
     def __exit__(self, *exc: object) -> None:
         return None
-
-    def on_try(self, info: TryInfo) -> None:
-        pass
-
-    def on_wait(self, info: WaitInfo) -> None:
-        pass
-
-    def on_ledger(self, info: LedgerInfo) -> None:
-        pass
-
-    def on_outcome(self, info: OutcomeInfo) -> None:
-        pass
 
 
 _UNRECORDED: Final = _Unrecorded()

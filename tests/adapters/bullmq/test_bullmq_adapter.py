@@ -87,9 +87,9 @@ async def test_a_retryable_error_is_a_bullmq_retry_whose_delay_the_strategy_read
     strategy = adapter.worker_options()["settings"]["backoffStrategy"]
     assert strategy(2, BACKOFF_TYPE, named.value, job) == 30_001  # whole ms, one more: never early
     assert [row["idemsend"] for row in job.logs] == ["retrying", "retrying"]
-    assert job.logs[1] == {
-        "idemsend": "retrying", "attempt": 2, "attempts": 10, "delay": 30, "reason": "provider",
-        "detail": "HTTP 429", "message": str(named.value),
+    assert job.logs[1] == {  # the kit's outcome record, plus the row's marker and the attempt budget
+        "idemsend": "retrying", "state": "retrying", "attempt": 2, "attempts": 10, "delay": 30, "reason": "provider",
+        "detail": "HTTP 429", "message": str(named.value), "maybe_sent": True,  # the first try may have run
     }
 
 
@@ -110,7 +110,8 @@ async def test_the_last_attempt_raises_unrecoverable_with_the_real_reason(adapte
         await adapter.send(job, DATA, BODY)
     assert isinstance(failed.value.__cause__, RetryableError)
     assert job.logs == [{
-        "idemsend": "failed", "attempt": 3, "attempts": 3, "reason": "provider", "message": str(failed.value),
+        "idemsend": "failed", "state": "failed", "attempt": 3, "attempts": 3, "reason": "provider",
+        "detail": "HTTP 503", "message": str(failed.value), "maybe_sent": True,
     }]
 
 
@@ -144,7 +145,10 @@ async def test_a_fatal_error_is_unrecoverable_with_its_code(adapters: list[BullM
     assert str(fatal.value).startswith("VALIDATION_ERROR")
     cause = fatal.value.__cause__
     assert isinstance(cause, FatalError) and cause.code == "VALIDATION_ERROR"
-    assert job.logs == [{"idemsend": "fatal", "attempt": 1, "code": "VALIDATION_ERROR", "message": str(cause)}]
+    assert job.logs == [{
+        "idemsend": "fatal", "state": "fatal", "attempt": 1, "attempts": 10, "code": "VALIDATION_ERROR",
+        "detail": "validation_error", "message": str(cause), "maybe_sent": False,
+    }]
 
 
 async def test_a_fatal_reason_always_names_its_code(adapters: list[BullMQAdapter]) -> None:

@@ -65,6 +65,7 @@ def test_a_retryable_error_returns_an_rq_retry_rounded_past_the_second(job: Fake
     assert isinstance(retry, Retry) and retry.max == 4
     assert retry.intervals in ([7], [8])
     assert job.meta["idemsend"]["state"] == "retrying" and job.retries_left == 5
+    assert job.meta["idemsend"]["delay"] >= 7 and job.meta["idemsend"]["maybe_sent"] is False  # a 429 ran nothing
 
 
 def test_the_last_retry_raises_the_real_reason_and_stops(job: FakeJob, close: list[RQAdapter]) -> None:
@@ -74,7 +75,10 @@ def test_the_last_retry_raises_the_real_reason_and_stops(job: FakeJob, close: li
     with pytest.raises(RetryableError, match="503"):
         adapter.send(DATA, BODY)
     assert job.retries_left == 0
-    assert job.meta["idemsend"]["state"] == "retrying" and "503" in job.meta["idemsend"]["message"]
+    record = job.meta["idemsend"]
+    # the last try of a retryable error is "failed" (no retry is scheduled), as on every queue
+    assert record["state"] == "failed" and record["reason"] == "provider" and "503" in record["message"]
+    assert record["detail"] and record["maybe_sent"] is True and record["attempt"] == 3
 
 
 def test_a_fatal_error_is_raised_with_retries_off(job: FakeJob, close: list[RQAdapter]) -> None:
@@ -84,7 +88,8 @@ def test_a_fatal_error_is_raised_with_retries_off(job: FakeJob, close: list[RQAd
         adapter.send(DATA, BODY)
     assert job.retries_left == 0
     assert job.meta["idemsend"] == {
-        "state": "fatal", "code": "VALIDATION_ERROR", "message": job.meta["idemsend"]["message"], "attempt": 1
+        "state": "fatal", "code": "VALIDATION_ERROR", "detail": "validation_error",
+        "message": job.meta["idemsend"]["message"], "maybe_sent": False, "attempt": 1,
     }
 
 

@@ -16,7 +16,7 @@ from .conftest import SKIP_REASON
 
 pytest.importorskip("aiobotocore", reason=SKIP_REASON)
 
-from idemsend.adapters._kit import DEFAULT_BACKOFF, GiveUp, RetryIn, Succeeded
+from idemsend.adapters._kit import DEFAULT_BACKOFF, GiveUp, RetryIn, Succeeded, outcome_record
 from idemsend.adapters.sqs import (
     BAD_MESSAGE,
     MAX_VISIBILITY,
@@ -168,6 +168,11 @@ async def test_the_last_receive_gives_up_with_the_real_reason() -> None:
     record = tried.record()
     assert record["state"] == "failed" and "503" in record["message"]
     assert record["maybe_sent"] is True and tried.outcome.maybe_sent  # a 503 may follow a run: not "unsent"
+    # the kit's record, as on every queue, with the message's ids
+    assert record == {
+        **outcome_record(tried.outcome, attempt=4), "message_id": tried.message.message_id, "job_id": tried.job_id,
+    }
+    assert record["reason"] == "provider" and record["detail"] == "HTTP 503"
     assert settle(tried.outcome) == Delete() and settle(tried.outcome, give_up="redrive") == Hide(0)
     later = await _try(scripted(error(503, "UNAVAILABLE")), api_message(count=4), max_attempts=None)
     assert isinstance(later.outcome, RetryIn)  # no limit: the redrive policy decides

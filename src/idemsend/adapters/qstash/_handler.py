@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 from ..._engine import Engine
 from ..._errors import ConfigError, MissingExtraError
 from ..._keys import Job
-from .._common import build_engine
+from .._common import check_factory
+from .._holder import StartedEngine
 from .._kit import GiveUp, RetryIn, Succeeded, run_job
 from .._webhook import (
     ASGIApp,
@@ -167,8 +168,9 @@ class QStashHandler:
             raise ConfigError(
                 f"replay_guard must have 'async remember(jti, message_id, expires_at)', got {replay_guard!r}"
             )
-        self._engine_or_factory = engine
-        self._engine: Engine | None = engine if isinstance(engine, Engine) else None
+        # an Engine passed in is its owner's (started and closed by them); a factory's is ours
+        self._given: Engine | None = engine if isinstance(engine, Engine) else None
+        self._engines = None if isinstance(engine, Engine) else StartedEngine(check_factory(engine))
         self.receiver = Receiver(current_signing_key=current_signing_key, next_signing_key=next_signing_key)
         self.url = url
         self.url_from_request = url_from_request
@@ -181,9 +183,9 @@ class QStashHandler:
         self.job_id = job_id
         self.guard_timeout = guard_timeout
         self._guards = GuardSlot(replay_guard, job_id_from=job_id_from, allow_volatile=allow_volatile_replay_guard)
-        self._start_lock = asyncio.Lock()
-        if self._engine is not None:  # refuse now, not at start, when no durable guard can be had
-            self._guards.choose(self._engine.ledger)
+        self._guard_lock = asyncio.Lock()
+        if self._given is not None:  # refuse now, not at start, when no durable guard can be had
+            self._guards.choose(self._given.ledger)
 
     @property
     def replay_guard(self) -> SignatureReplayGuard | None:
@@ -198,25 +200,23 @@ class QStashHandler:
         """The engine, made and started from the factory on first use; the replay guard
         chosen (``ConfigError`` when no durable one can be, see the class docstring) and
         started with it."""
-        if self._engine is not None and self._guards.ready:
-            return self._engine
-        async with self._start_lock:
-            if self._engine is None:
-                factory = self._engine_or_factory
-                assert callable(factory)
-                engine = build_engine(factory)
-                self._guards.choose(engine.ledger)  # before starting: a refused handler starts nothing
-                self._engine = await engine.start()
-            await self._guards.start(self._engine.ledger)
-        return self._engine
+        if self._given is not None:
+            engine = self._given
+        else:
+            assert self._engines is not None
+            # the guard is chosen before the engine starts: a refused handler starts nothing
+            engine = await self._engines.start(lambda made: self._guards.choose(made.ledger))
+        if not self._guards.ready:
+            async with self._guard_lock:
+                await self._guards.start(engine.ledger)
+        return engine
 
     async def aclose(self) -> None:
         """Close a guard the handler made, then a factory-made engine (an engine passed in
         is its owner's to close)."""
         await self._guards.aclose()
-        if self._engine is not None and not isinstance(self._engine_or_factory, Engine):
-            await self._engine.aclose()
-            self._engine = None
+        if self._engines is not None:
+            await self._engines.close()
 
     # -- checks -------------------------------------------------------------------------
 

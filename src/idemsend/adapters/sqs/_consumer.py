@@ -19,8 +19,9 @@ from typing import Any
 
 from ..._engine import Engine
 from ..._errors import ConfigError
-from .._common import DEFAULT_MAX_TRIES, DEFAULT_RETRY_BASE, EngineFactory, build_engine
-from .._kit import check_retry_base, check_tries
+from .._common import DEFAULT_MAX_TRIES, EngineFactory, check_factory
+from .._holder import StartedEngine
+from .._kit import QueueBackoff, adapter_backoff, check_tries
 from ._message import (
     JOB_ID_ATTRIBUTE,
     MAX_VISIBILITY,
@@ -109,7 +110,8 @@ class SQSConsumer:
       ``engine.worst_case_send_time()``, checked at start).
     * ``max_attempts``: receives (``ApproximateReceiveCount``) after which a retryable error
       gives up (default 10, or the redrive policy's ``maxReceiveCount`` when smaller).
-    * ``retry_base``: the first retry's delay when the provider named none (``QueueBackoff``).
+    * ``backoff``: the delay between tries when the provider named none (a ``QueueBackoff``),
+      or the shorthand ``retry_base``: its first delay.
     * ``give_up``: ``"delete"`` (record, then delete) or ``"redrive"`` (release it, so the
       queue's redrive policy moves it to the dead-letter queue; the queue must have one).
     * ``shutdown_timeout``: seconds ``run`` lets running sends finish after ``stop()``;
@@ -134,7 +136,8 @@ class SQSConsumer:
         visibility_timeout: int | None = None,
         heartbeat: float | None = None,
         max_attempts: int | None = None,
-        retry_base: float = DEFAULT_RETRY_BASE,
+        backoff: QueueBackoff | None = None,
+        retry_base: float | None = None,
         give_up: GiveUpMode = "delete",
         shutdown_timeout: float = 25.0,
         on_outcome: OnOutcome | None = None,
@@ -163,14 +166,14 @@ class SQSConsumer:
             raise ConfigError(f'give_up must be "delete" or "redrive", got {give_up!r}')
         if on_outcome is not None and not callable(on_outcome):
             raise ConfigError(f"on_outcome must be an async callable, got {on_outcome!r}")
-        self.engine_factory = engine_factory
+        self.engine_factory = check_factory(engine_factory)
         self.queue_url = queue_url
         self.concurrency = check_tries("concurrency", concurrency)
         self.wait_time = wait_time
         self.visibility_timeout = visibility_timeout
         self.heartbeat = heartbeat
         self.requested_max_attempts = None if max_attempts is None else check_tries("max_attempts", max_attempts)
-        self.backoff = check_retry_base(retry_base)
+        self.backoff = adapter_backoff(backoff, retry_base=retry_base)
         self.give_up: GiveUpMode = give_up
         self.shutdown_timeout = float(shutdown_timeout)
         self.on_outcome = on_outcome
@@ -189,7 +192,7 @@ class SQSConsumer:
         self.max_attempts = DEFAULT_MAX_TRIES
         self.redrive_policy: Mapping[str, Any] | None = None
         self._client = client
-        self._engine: Engine | None = None
+        self._engines = StartedEngine(engine_factory)
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()
         self._room = asyncio.Event()
@@ -210,9 +213,7 @@ class SQSConsumer:
     @property
     def engine(self) -> Engine:
         """The running consumer's Engine (ConfigError before ``run`` starts it)."""
-        if self._engine is None:
-            raise ConfigError("the SQSConsumer is not running: await consumer.run()")
-        return self._engine
+        return self._engines.require("the SQSConsumer is not running: await consumer.run()")
 
     def job_id(self, message: SQSMessage) -> str:
         """The job id of ``message``: its ``job_id_attribute``, else its ``MessageId``."""
@@ -241,13 +242,11 @@ class SQSConsumer:
                     client = await stack.enter_async_context(self._make_client())
                 else:
                     client = self._client
-                engine = await build_engine(self.engine_factory).start()
-                stack.push_async_callback(engine.aclose)
-                self._engine = engine
+                engine = await self._engines.start()
+                stack.push_async_callback(self._engines.close)
                 await self._prepare(client, engine)
                 await self._consume(client)
         finally:
-            self._engine = None
             self._running = False
 
     def _make_client(self) -> Any:

@@ -16,8 +16,8 @@ from typing import Any
 
 from ..._engine import Engine
 from ..._errors import ConfigError
-from .._common import DEFAULT_MAX_TRIES, DEFAULT_RETRY_BASE, EngineFactory
-from .._kit import check_retry_base, check_tries
+from .._common import DEFAULT_MAX_TRIES, EngineFactory, check_factory
+from .._kit import QueueBackoff, adapter_backoff, check_tries
 from .._portal import ProcessLocalEngine
 from ._message import (
     JOB_ID_ATTRIBUTE,
@@ -66,7 +66,9 @@ class SQSBatchHandler:
     the group keeps its order, and with ``client`` they are released (visibility 0), as the
     consumer does: SQS hands them out again behind the failed one instead of after the
     queue's visibility timeout. ``max_attempts`` (default 10) counts ``ApproximateReceiveCount``:
-    keep it at or under the redrive policy's ``maxReceiveCount``.
+    keep it at or under the redrive policy's ``maxReceiveCount``. ``backoff`` (a
+    ``QueueBackoff``, or the shorthand ``retry_base=``, its first delay) is the retry delay
+    when the provider named none, as in the consumer.
     """
 
     def __init__(
@@ -74,7 +76,8 @@ class SQSBatchHandler:
         engine_factory: EngineFactory | None = None,
         *,
         max_attempts: int | None = DEFAULT_MAX_TRIES,
-        retry_base: float = DEFAULT_RETRY_BASE,
+        backoff: QueueBackoff | None = None,
+        retry_base: float | None = None,
         give_up: GiveUpMode = "delete",
         on_outcome: OnOutcome | None = None,
         parse: Parse = default_parse,
@@ -89,7 +92,7 @@ class SQSBatchHandler:
         if isinstance(deadline_margin, bool) or not isinstance(deadline_margin, int | float) or deadline_margin < 0:
             raise ConfigError(f"deadline_margin must be a number of seconds >= 0, got {deadline_margin!r}")
         self.max_attempts = None if max_attempts is None else check_tries("max_attempts", max_attempts)
-        self.backoff = check_retry_base(retry_base)
+        self.backoff = adapter_backoff(backoff, retry_base=retry_base)
         self.give_up: GiveUpMode = give_up
         self.on_outcome = on_outcome
         self.client = client
@@ -97,7 +100,7 @@ class SQSBatchHandler:
         self.reader = Reader(
             parse=parse, job_id_attribute=job_id_attribute, max_attempts=self.max_attempts, backoff=self.backoff,
         )
-        self.engines = ProcessLocalEngine(engine_factory) if engine_factory is not None else None
+        self.engines = ProcessLocalEngine(check_factory(engine_factory)) if engine_factory is not None else None
         self._queue_urls: dict[str, str] = {}
 
     def __repr__(self) -> str:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from ..._engine import Engine
 from ..._errors import ConfigError, FatalError
 from ..._keys import Job
-from .._kit import GiveUp, JobOutcome, QueueBackoff, RetryIn, Succeeded, run_job
+from .._kit import GiveUp, JobOutcome, QueueBackoff, RetryIn, Succeeded, outcome_record, run_job
 from .._messages import default_parse, reject_constant
 
 __all__ = [
@@ -195,35 +195,16 @@ class SQSOutcome:
         return not isinstance(self.outcome, RetryIn)
 
     def record(self) -> dict[str, Any]:
-        """A plain, JSON-able account of the try (what a results store keeps): ``state`` is
-        ``sent``, ``retrying``, ``fatal`` or ``failed`` (the tries ran out on a retryable
-        error, ``reason`` says which), with ``message_id``, ``job_id`` and ``attempt``; every
-        state but ``sent`` also has ``maybe_sent`` (True when a request for the job's key may
-        have run at the provider: a job given up on is then not known to be unsent)."""
-        base: dict[str, Any] = {
-            "message_id": self.message.message_id, "job_id": self.job_id, "attempt": self.message.receive_count,
+        """A plain, JSON-able account of the try (what a results store keeps): the adapter
+        kit's ``outcome_record`` (``state`` ``sent``, ``retrying``, ``failed`` (the tries ran
+        out on a retryable error) or ``fatal``, the ``reason`` or ``code``, ``detail``,
+        ``message``, ``maybe_sent`` (every state but ``sent``: True when a request for the
+        job's key may have run at the provider, so a job given up on is then not known to be
+        unsent) and ``attempt``, the receive count), with ``message_id`` and ``job_id``."""
+        return {
+            **outcome_record(self.outcome, attempt=self.message.receive_count),
+            "message_id": self.message.message_id, "job_id": self.job_id,
         }
-        outcome = self.outcome
-        match outcome:
-            case Succeeded(result):
-                return {**result, **base}
-            case RetryIn(delay, error):
-                return {
-                    **base, "state": "retrying", "reason": error.reason, "detail": error.detail, "delay": delay,
-                    "message": str(error),
-                    "maybe_sent": outcome.maybe_sent,
-                }
-            case GiveUp(error, retryable=True):
-                return {
-                    **base, "state": "failed", "reason": outcome.code, "message": str(error),
-                    "maybe_sent": outcome.maybe_sent,
-                }
-            case GiveUp(error):
-                return {
-                    **base, "state": "fatal", "code": outcome.code, "message": str(error),
-                    "maybe_sent": outcome.maybe_sent,
-                }
-        raise TypeError(f"not a JobOutcome: {outcome!r}")
 
 
 #: ``on_outcome=``: told every try's outcome before the message is settled; if it raises,
@@ -295,6 +276,6 @@ class Reader:
                 "SQS message %s (job %s, receive %s) gave up: %s", message.message_id, job.id, message.receive_count,
                 outcome.error,
                 extra={"idemsend_job_id": job.id, "idemsend_attempt": message.receive_count,
-                       "idemsend_outcome": "failed" if outcome.retryable else "fatal", "idemsend_code": outcome.code},
+                       "idemsend_outcome": outcome.state, "idemsend_code": outcome.code},
             )
         return SQSOutcome(message, job.id, outcome)
