@@ -22,9 +22,7 @@ from idemsend.adapters import (
     QueueBackoff,
     RetryIn,
     Succeeded,
-    default_retry_delay,
     outcome_record,
-    retry_span,
     run_job,
 )
 from idemsend.classify import MAX_RETRY_AFTER
@@ -203,13 +201,6 @@ def test_span_is_the_outage_a_job_rides_out() -> None:
     assert QueueBackoff().span(10) == 511
     assert QueueBackoff().span(5) == 15
     assert QueueBackoff(base=0.5, cap=2.0).span(4) == 0.5 + 1 + 2
-    assert retry_span(10) == 511 and retry_span(4, base=0.5, cap=2.0) == 3.5
-
-
-def test_the_old_functions_are_the_backoff() -> None:
-    assert default_retry_delay(RetryableError("x", retry_after=12.0), 3) == 12.0
-    assert 4 <= default_retry_delay(RetryableError("x"), 3) <= 5
-    assert 2.0 <= default_retry_delay(RetryableError("x"), 9, base=1.0, cap=2.0) <= 2.5
 
 
 @pytest.mark.parametrize("bad", [0, -1, math.nan, math.inf, 3601, "1", True])

@@ -32,7 +32,7 @@ from idemsend import (
     SetupError,
     StaleReplayError,
 )
-from idemsend.adapters import default_retry_delay, retry_span, whole_seconds
+from idemsend.adapters import QueueBackoff, whole_seconds
 from idemsend.classify import MAX_RETRY_AFTER
 from idemsend.ledger import MemoryLedger, RedisLedger
 from idemsend.testing import MockProvider, RedisServer
@@ -300,8 +300,8 @@ async def test_a_hostile_retry_after_is_finite_and_stalls_nothing(provider: Fake
         assert time.monotonic() - start < 6
     for delay in (math.inf, math.nan, 1e308):
         assert 0 <= whole_seconds(delay) <= MAX_RETRY_AFTER
-        assert 0 <= default_retry_delay(RetryableError("x", retry_after=delay), 3) <= MAX_RETRY_AFTER
-    assert default_retry_delay(RetryableError("x"), 10_000) <= 300 * 1.25
+        assert 0 <= QueueBackoff().delay(RetryableError("x", retry_after=delay), 3) <= MAX_RETRY_AFTER
+    assert QueueBackoff().delay(RetryableError("x"), 10_000) <= 300 * 1.25
 
 
 # -- 11. timing knobs ------------------------------------------------------------------------
@@ -411,9 +411,9 @@ async def test_a_ledger_outage_leaves_the_delay_to_the_queue_backoff() -> None:
             assert p.stats.requests == 0
     finally:
         server.cleanup()
-    delays = [default_retry_delay(info.value, attempt) for attempt in range(1, 10)]
+    delays = [QueueBackoff().delay(info.value, attempt) for attempt in range(1, 10)]
     assert delays == sorted(delays) or max(delays) >= 256  # grows (up to 25% jitter on top)
-    assert sum(delays) >= retry_span(10) >= 300  # ten tries ride out five minutes
+    assert sum(delays) >= QueueBackoff().span(10) >= 300  # ten tries ride out five minutes
 
 
 # -- 7. a ledger that forgets mid-send -----------------------------------------------------------

@@ -14,7 +14,7 @@ from dataclasses import replace
 import pytest
 
 from harness.queues import CONFORMANCE, QueueJob, RunDir, driver
-from idemsend.adapters import retry_span
+from idemsend.adapters import QueueBackoff
 from idemsend.testing import MockProvider, RedisServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.processes]
@@ -24,7 +24,7 @@ JOBS = 40
 
 
 async def test_a_six_second_ledger_outage_fails_no_arq_job(redis_url: str) -> None:
-    assert retry_span(5) > 2 * OUTAGE  # the budget the test relies on, with margin
+    assert QueueBackoff().span(5) > 2 * OUTAGE  # the budget the test relies on, with margin
     profile = replace(CONFORMANCE, max_tries=5, retry_base=1.0, jobs_per_worker=50)
     with RunDir("outage") as logs, RedisServer(appendonly=True) as ledger:
         async with MockProvider() as provider:

@@ -38,9 +38,7 @@ from ._kit import (
     QueueBackoff,
     RetryIn,
     Succeeded,
-    default_retry_delay,
     outcome_record,
-    retry_span,
     run_job,
 )
 
@@ -55,11 +53,9 @@ __all__ = [
     "QueueBackoff",
     "RetryIn",
     "Succeeded",
-    "default_retry_delay",
     "engine_from_env",
     "outcome_record",
     "result_dict",
-    "retry_span",
     "run_job",
     "whole_seconds",
 ]

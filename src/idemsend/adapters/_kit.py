@@ -66,9 +66,7 @@ __all__ = [
     "adapter_backoff",
     "check_retry_base",
     "check_tries",
-    "default_retry_delay",
     "outcome_record",
-    "retry_span",
     "run_job",
 ]
 
@@ -283,18 +281,3 @@ def adapter_backoff(
         return DEFAULT_BACKOFF
     base = DEFAULT_BACKOFF.base if retry_base is None else check_retry_base(retry_base).base
     return QueueBackoff(base=base, cap=DEFAULT_BACKOFF.cap if retry_cap is None else retry_cap)
-
-
-# -- the functions adapters used before the kit (kept for compatibility) ------------------
-
-
-def default_retry_delay(
-    error: RetryableError, attempt: int, *, base: float = DEFAULT_RETRY_BASE, cap: float = DEFAULT_RETRY_CAP
-) -> float:
-    """``QueueBackoff(base, cap).delay(error, attempt)``."""
-    return QueueBackoff(base, cap).delay(error, attempt)
-
-
-def retry_span(max_tries: int, *, base: float = DEFAULT_RETRY_BASE, cap: float = DEFAULT_RETRY_CAP) -> float:
-    """``QueueBackoff(base, cap).span(max_tries)``."""
-    return QueueBackoff(base, cap).span(max_tries)

@@ -20,7 +20,7 @@ The job id is ``ctx["job_id"]`` (stable across arq's retries); ``ctx["job_try"]`
 logged only. The adapter kit's outcomes in arq's terms: ``Succeeded`` -> the job returns
 ``result_dict``; ``RetryIn`` -> ``arq.Retry(defer=…)``: the provider's ``Retry-After``
 when it gave one, else the adapter's exponential ``backoff`` (with the default 10 tries
-a job rides out a ledger or provider outage of about 8.5 minutes, ``retry_span(10)``);
+a job rides out a ledger or provider outage of about 8.5 minutes, ``QueueBackoff().span(10)``);
 ``GiveUp`` -> the error is raised, so arq stores the real reason (on the last try too,
 rather than a bare "max retries exceeded") and never retries it.
 """

@@ -20,7 +20,7 @@ forking ``Worker`` runs each job in a fresh child process: still correct, one En
 The job id is ``job.id``. The adapter kit's outcomes in RQ's terms: ``Succeeded`` -> the
 job returns ``result_dict``; ``RetryIn`` -> ``rq.Retry(max, interval=…)`` with the
 provider's ``Retry-After``, else the adapter's exponential ``backoff`` (the default 9
-retries, 10 tries, ride out an outage of about 8.5 minutes: ``retry_span(10)``). RQ
+retries, 10 tries, ride out an outage of about 8.5 minutes: ``QueueBackoff().span(10)``). RQ
 re-enqueues it through its scheduler: run ``rq worker --with-scheduler``. RQ scores a
 scheduled job in whole seconds and drops the fraction (``calendar.timegm(dt.utctimetuple())``),
 so the interval is rounded up past the next whole second (see :func:`rq_interval`): the
