@@ -25,9 +25,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from idemsend.cli import positive, rate
 from idemsend.testing import Faults, MockProvider, PostgresServer, Progress, RedisServer
 
-from ._args import positive, rate
 from .queues import CHAOS, QueueDriver, QueueJob, RunDir, Terminal, drivers
 from .queues.base import ADAPTERS
 

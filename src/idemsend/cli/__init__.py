@@ -20,12 +20,13 @@ from collections.abc import Callable, Sequence
 from .._errors import ConfigError, MissingExtraError
 from ..ledger import LedgerUnavailableError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "positive", "rate"]
 
 _FAULTS = ("rate_5xx", "rate_429", "rate_lost", "rate_in_flight")
 
 
-def _rate(text: str) -> float:
+def rate(text: str) -> float:
+    """argparse type: a share between 0 and 1 (``--dup-rate 0.3``), else a one-line error."""
     try:
         value = float(text)
     except ValueError:
@@ -35,7 +36,8 @@ def _rate(text: str) -> float:
     return value
 
 
-def _positive(text: str) -> int:
+def positive(text: str) -> int:
+    """argparse type: a whole number of at least 1 (``--jobs 10000``), else a one-line error."""
     try:
         value = int(text)
     except ValueError:
@@ -46,7 +48,7 @@ def _positive(text: str) -> int:
 
 
 def _port(text: str) -> int:
-    value = _positive(text)
+    value = positive(text)
     if value > 65535:
         raise argparse.ArgumentTypeError(f"must be a port number (1-65535), got {text}")
     return value
@@ -97,10 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="an at-least-once queue against a faulty in-process provider (no server needed)",
         formatter_class=formatter,
     )
-    demo.add_argument("--jobs", type=_positive, default=500, help="jobs to send")
-    demo.add_argument("--dup-rate", type=_rate, default=0.3, help="share of jobs delivered twice")
-    demo.add_argument("--fault-rate", type=_rate, default=0.1, help="share of requests that meet a fault")
-    demo.add_argument("--concurrency", type=_positive, default=100, help="sends in flight at once")
+    demo.add_argument("--jobs", type=positive, default=500, help="jobs to send")
+    demo.add_argument("--dup-rate", type=rate, default=0.3, help="share of jobs delivered twice")
+    demo.add_argument("--fault-rate", type=rate, default=0.1, help="share of requests that meet a fault")
+    demo.add_argument("--concurrency", type=positive, default=100, help="sends in flight at once")
     demo.add_argument("--no-ledger", action="store_true", help="run without the MemoryLedger")
     demo.add_argument("--seed", type=int, default=None, help="random seed, for a repeatable run")
     demo.add_argument("--quiet", action="store_true", help="no progress output")
@@ -132,10 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     auth.add_argument("--accept-any-key", action="store_true", help="accept any non-empty bearer token")
     mock.add_argument("--processing-delay", type=_seconds, default=0.0, help="seconds each send takes")
     mock.add_argument("--window", type=_seconds, default=24 * 3600.0, help="seconds a key is remembered")
-    mock.add_argument("--rate-5xx", type=_rate, default=0.0, help="share of requests answered 503")
-    mock.add_argument("--rate-429", type=_rate, default=0.0, help="share of requests answered 429")
-    mock.add_argument("--rate-lost", type=_rate, default=0.0, help="share of sends whose response is dropped")
-    mock.add_argument("--rate-in-flight", type=_rate, default=0.0, help="share of requests answered IN_FLIGHT")
+    mock.add_argument("--rate-5xx", type=rate, default=0.0, help="share of requests answered 503")
+    mock.add_argument("--rate-429", type=rate, default=0.0, help="share of requests answered 429")
+    mock.add_argument("--rate-lost", type=rate, default=0.0, help="share of sends whose response is dropped")
+    mock.add_argument("--rate-in-flight", type=rate, default=0.0, help="share of requests answered IN_FLIGHT")
     mock.add_argument("--uvloop", action="store_true", help="run on uvloop if it is installed")
 
     inspect = sub.add_parser("inspect", help="print a key's ledger record", formatter_class=formatter)
