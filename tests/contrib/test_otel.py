@@ -158,7 +158,20 @@ async def test_a_provider_replay_is_replayed_with_its_source(otel: Telemetry, pr
     assert sent.attributes is not None and replayed.attributes is not None
     assert replayed.attributes["idemsend.outcome"] == "replayed"
     assert replayed.attributes["idemsend.replay.source"] == "provider"
+    # no queue attempt given: an earlier delivery may have sent it, so the replay is expected
+    assert replayed.attributes["idemsend.replay.unexpected"] is False
     assert replayed.attributes["idemsend.tries"] == 1 and replayed.attributes["http.response.status_code"] == 200
+    assert otel.value("idemsend.sends", idemsend__outcome="replayed") == 1
+
+
+async def test_a_replay_on_a_first_delivery_is_marked_unexpected(otel: Telemetry, provider: MockProvider) -> None:
+    async with engine(provider.emails_url, otel.hook()) as e:
+        await e.send(job(), BODY)
+        # another job (same key) on its queue's first delivery: nothing of its own sent the key
+        result = await e.send(job(), BODY, attempt=1)
+    assert result.replayed and result.unexpected_replay and provider.sends == 1
+    replayed = otel.sends()[-1].attributes
+    assert replayed is not None and replayed["idemsend.replay.unexpected"] is True
     assert otel.value("idemsend.sends", idemsend__outcome="replayed") == 1
 
 
@@ -171,6 +184,7 @@ async def test_a_single_flight_replay_made_no_request(otel: Telemetry, provider:
     joiner = by_outcome["replayed"].attributes
     assert joiner is not None
     assert joiner["idemsend.replay.source"] == "single_flight" and joiner["idemsend.tries"] == 0
+    assert joiner["idemsend.replay.unexpected"] is False
     assert "http.response.status_code" not in joiner
     assert otel.value("idemsend.provider.requests") == 1  # one request for both
 
@@ -209,6 +223,7 @@ async def test_a_5xx_is_a_retryable_send_with_an_error_status(otel: Telemetry, p
     assert attrs is not None
     assert attrs["idemsend.outcome"] == "retryable" and attrs["error.type"] == "5xx"
     assert attrs["http.response.status_code"] == 503 and attrs["idemsend.tries"] == 1
+    assert attrs["idemsend.maybe_sent"] is True  # a 503 proves nothing about whether it ran
     assert span.status.status_code is StatusCode.ERROR
     description = span.status.description or ""
     assert "HTTP 503" in description
@@ -226,6 +241,7 @@ async def test_a_key_stuck_in_flight_is_retryable_after_its_waits(otel: Telemetr
     assert raised.value.reason == "in_flight"
     [span] = otel.sends()
     assert span.attributes is not None and span.attributes["error.type"] == "in_flight"
+    assert span.attributes["idemsend.maybe_sent"] is True
     waits = [ev for ev in span.events if ev.name == "idemsend.wait"]
     assert waits and all((ev.attributes or {})["idemsend.wait.kind"] == "in_flight" for ev in waits)
     tries = span.attributes["idemsend.tries"]
@@ -560,7 +576,21 @@ async def test_a_transport_error_is_one_word_not_its_message(otel: Telemetry) ->
     [span] = otel.sends()
     assert span.attributes is not None and span.attributes["error.type"] == "transport"
     assert "http.response.status_code" not in span.attributes
+    assert span.attributes["idemsend.maybe_sent"] is True  # a reset: it may have reached the provider
     assert otel.value("idemsend.provider.requests", idemsend__http__status_class="error") == 1
+
+
+async def test_a_refused_connection_says_nothing_was_sent(otel: Telemetry) -> None:
+    def handler(request: TransportRequest) -> RawResponse:
+        raise TransportError("connection refused", kind="connect")
+
+    async with engine("https://api.example.com/api/v1/emails", otel.hook(), transport=MockTransport(handler),
+                      retry=0) as e:
+        with pytest.raises(RetryableError) as raised:
+            await e.send(job(), BODY, attempt=1)  # the queue's first delivery: nothing earlier sent it
+    assert raised.value.maybe_sent is False
+    [span] = otel.sends()
+    assert span.attributes is not None and span.attributes["idemsend.maybe_sent"] is False
 
 
 async def test_a_cancelled_send_is_counted_and_ends_its_span(otel: Telemetry, provider: MockProvider) -> None:

@@ -533,13 +533,18 @@ class _Send:
     def _finish_span(
         self, span: trace.Span, outcome: str, error_type: str | None, error: BaseException | None
     ) -> None:
-        attrs: dict[str, str | int] = {"idemsend.outcome": outcome, "idemsend.tries": self._tries}
+        attrs: dict[str, str | int | bool] = {"idemsend.outcome": outcome, "idemsend.tries": self._tries}
+        if isinstance(error, IdemsendError):
+            # whether the provider may have run this job (one of its requests may have reached it)
+            attrs["idemsend.maybe_sent"] = error.maybe_sent
         last = self._last
         if last is not None and last.status:
             attrs["http.response.status_code"] = last.status
+        info = self._outcome
         if outcome == "replayed":
             attrs["idemsend.replay.source"] = "provider" if self._tries else "single_flight"
-        info = self._outcome
+            # a replay on a key's first send: another job or system had used this key
+            attrs["idemsend.replay.unexpected"] = info is not None and info.code == "UNEXPECTED_REPLAY"
         if self._hook.record_key and info is not None and info.result is not None and info.result.id is not None:
             attrs["idemsend.provider.id"] = str(info.result.id)
         if error_type is not None:
