@@ -105,8 +105,9 @@ class Attempts:
                 if unexpected:
                     log.warning(
                         "idemsend: %s was answered as a replay on its first send (job %s): the provider had"
-                        " this key from before (another job, or another system, used it); the result is not"
-                        " a fresh send", key_ref(key), job.id,
+                        " this key from before (another job, or another system, used it; or the ledger lost"
+                        " this job's record of an earlier send); the result is not a fresh send",
+                        key_ref(key), job.id,
                         extra=fields(key, job_id=job.id, code="UNEXPECTED_REPLAY", outcome="replayed"),
                     )
                 return SendResult(

@@ -35,6 +35,7 @@ class SendResult:
     tries: tuple[TryInfo, ...] = field(default=(), repr=False)
     #: The provider answered a replay where none was expected: on the first send of the key
     #: (a fresh ledger claim, or the queue's first delivery without a ledger) and before any
-    #: try of this call may have run. Another job, or another system, used this key before:
+    #: try of this call may have run. Another job, or another system, used this key before
+    #: (or the ledger lost this job's record of an earlier send: it cannot tell the two apart):
     #: do not treat this result as a fresh success (grant nothing twice). Logged at WARNING.
     unexpected_replay: bool = False

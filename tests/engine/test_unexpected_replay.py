@@ -100,3 +100,20 @@ async def test_a_replay_after_a_429_that_ran_nothing_is_still_unexpected() -> No
         async with _engine(provider, hook, ledger=MemoryLedger()) as second:
             b = await second.send(Job("job-b", {"order_id": "o-4"}), BODY, attempt=1)
     assert b.replayed and b.unexpected_replay and b.tries[0].status == 429
+
+
+async def test_a_ledger_that_lost_the_record_is_named_as_a_possible_cause(caplog: pytest.LogCaptureFixture) -> None:
+    # The same job, sent once; then its ledger forgets (a store restarted without persistence)
+    # and the queue redelivers. A fresh claim cannot tell "another job used the key" from "the
+    # ledger lost this job's record", so the replay is flagged, and the warning names both.
+    hook = Outcomes()
+    async with MockProvider() as provider:
+        async with _engine(provider, hook, ledger=MemoryLedger()) as first:
+            await first.send(Job("job-a", {"order_id": "o-3"}), BODY, attempt=1)
+        async with _engine(provider, hook, ledger=MemoryLedger()) as forgetful:
+            with caplog.at_level(logging.WARNING, logger="idemsend"):
+                again = await forgetful.send(Job("job-a", {"order_id": "o-3"}), BODY, attempt=2)
+        assert provider.sends == 1
+    assert again.replayed and again.unexpected_replay
+    [warning] = [r for r in caplog.records if getattr(r, "idemsend_code", None) == "UNEXPECTED_REPLAY"]
+    assert "another job" in warning.getMessage() and "ledger lost this job's record" in warning.getMessage()
