@@ -16,6 +16,7 @@ from aiohttp import web
 
 from idemsend import Engine, Job, RetryableError
 from idemsend.ledger import MemoryLedger
+from tests._serving import serving
 
 pytestmark = pytest.mark.anyio
 
@@ -34,15 +35,8 @@ async def _echo(request: web.Request) -> web.Response:
 async def server() -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_post("/emails/{encoding}", _echo)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}/emails"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as base:
+        yield f"{base}/emails"
 
 
 def _texts(caplog: pytest.LogCaptureFixture) -> list[str]:

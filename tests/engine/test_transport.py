@@ -15,6 +15,7 @@ from aiohttp import web
 
 from idemsend import TransportError, TransportRequest
 from idemsend._transport import AiohttpTransport
+from tests._serving import serving
 
 pytestmark = pytest.mark.anyio
 
@@ -60,16 +61,11 @@ async def server() -> AsyncIterator[str]:
     app.router.add_post("/gzip", _gzip)
     app.router.add_post("/never", _never)
     app[RELEASE] = asyncio.Event()
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        app[RELEASE].set()
-        await runner.cleanup()
+    async with serving(app) as base:
+        try:
+            yield base
+        finally:
+            app[RELEASE].set()
 
 
 async def _post(url: str) -> bytes:

@@ -28,6 +28,7 @@ from idemsend.adapters.qstash._handler import CLOCK_SKEW_MARGIN
 from idemsend.testing import MockProvider
 from idemsend.testing._redis_server import free_port
 from idemsend.testing.qstash import QStashDeliverer, sign
+from tests._serving import serving as serving_app
 
 pytestmark = pytest.mark.anyio
 
@@ -54,13 +55,8 @@ async def webhook() -> AsyncIterator[Webhook]:
             lambda: engine, current_signing_key=CURRENT, next_signing_key=NEXT, url=url, max_body=256 * 1024,
             allow_volatile_replay_guard=True,  # one process here; the durable guards: test_durable_guard.py
         )
-        runner = web.AppRunner(handler.aiohttp_app("/hook"))
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        try:
+        async with serving(handler, port):
             yield Webhook(provider, url, handler)
-        finally:
-            await runner.cleanup()
 
 
 async def test_valid_delivery_sends_once(webhook: Webhook) -> None:
@@ -204,14 +200,9 @@ async def test_a_body_in_many_tcp_segments_is_read_whole() -> None:
             lambda: engine, current_signing_key=CURRENT, next_signing_key=NEXT, url=url,
             allow_volatile_replay_guard=True,
         )
-        runner = web.AppRunner(handler.aiohttp_app("/hook"))
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        try:
+        async with serving(handler, port):
             big = {"data": {"user_id": "u1"}, "body": {"html": "x" * 600_000}}
             d = await QStashDeliverer(url, signing_key=CURRENT, retries=0).deliver(big, message_id="msg_big_ok")
-        finally:
-            await runner.cleanup()
     assert d.last.status == 200, d.last.body
     assert provider.sends == 1
 
@@ -265,13 +256,8 @@ async def test_asgi_lifespan_starts_the_engine_or_reports_why_not() -> None:
 @asynccontextmanager
 async def serving(handler: QStashHandler, port: int) -> AsyncIterator[None]:
     """``handler`` served by aiohttp at http://127.0.0.1:<port>/hook."""
-    runner = web.AppRunner(handler.aiohttp_app("/hook"))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
+    async with serving_app(handler.aiohttp_app("/hook"), port):
         yield
-    finally:
-        await runner.cleanup()
 
 
 def handler_for(provider: MockProvider, url: str, **kw: Any) -> QStashHandler:
