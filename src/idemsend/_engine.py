@@ -79,7 +79,7 @@ class Engine:
       explicit ``timeout=`` beside it is a ``ConfigError``.
     * ``ledger``: a ``Ledger`` (``MemoryLedger``, ``RedisLedger``) to record sends past the
       provider's window; ``lease``: seconds a claim holds a key while its send runs (30,
-      renewed while it runs).
+      renewed while it runs; the ledger guard holds it: without a ledger there is none).
     * ``hooks``: ``Hook`` objects told about every send (telemetry: ``idemsend.contrib.otel``).
     * ``transport``: a ``Transport`` to send with (tests: ``idemsend.testing.MockTransport``);
       default ``AiohttpTransport(timeout=timeout, max_connections=limits.max_in_flight)``.
@@ -138,7 +138,6 @@ class Engine:
         self.deriver: KeyDeriver = key
         self.timeout = timeout
         self.ledger = ledger
-        self.lease = lease
         redact = self.endpoint.redact
         self.transport: Transport = (
             transport if transport is not None
@@ -292,7 +291,7 @@ class Engine:
 
 #: The engine's public settings, fixed at construction (see ``Engine.__setattr__``).
 _KNOBS = frozenset({
-    "url", "endpoint", "deriver", "provider", "retry", "in_flight", "limits", "timeout", "ledger", "lease", "transport",
+    "url", "endpoint", "deriver", "provider", "retry", "in_flight", "limits", "timeout", "ledger", "transport",
 })
 
 

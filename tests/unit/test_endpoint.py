@@ -48,7 +48,7 @@ def test_a_bad_endpoint_is_a_config_error_naming_it_without_its_credentials(
     assert SECRET not in str(caught.value) and ":p@" not in str(caught.value)
 
 
-@pytest.mark.parametrize("knob", ["retry", "provider", "timeout", "ledger", "lease", "transport", "url", "endpoint"])
+@pytest.mark.parametrize("knob", ["retry", "provider", "timeout", "ledger", "transport", "url", "endpoint"])
 def test_an_engines_knobs_are_read_only(knob: str) -> None:
     engine = Engine("https://api.example.com/v1/emails", key="w:{job_id}", retry=RetryPolicy(retries=1))
     before = engine.worst_case_send_time()
