@@ -93,13 +93,14 @@ from ._portal import ProcessLocalEngine
 
 try:
     import dramatiq
-    from dramatiq.middleware import Middleware, Retries, SkipMessage
+    from dramatiq.middleware import Middleware, MiddlewareError, Retries, SkipMessage
 except ImportError as exc:
     raise MissingExtraError("dramatiq", "dramatiq") from exc
 
 __all__ = [
     "QUEUE",
     "DramatiqAdapter",
+    "DramatiqConfigError",
     "IdemsendMiddleware",
     "OnOutcome",
     "SendFailed",
@@ -137,6 +138,12 @@ class SendFailed(IdemsendError):
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
+
+
+class DramatiqConfigError(ConfigError, MiddlewareError):
+    """A ``ConfigError`` raised from the adapter's middleware at worker boot. Dramatiq logs
+    and swallows any other error a middleware's ``before_*`` hook raises; this one stops the
+    worker from starting (the ``dramatiq`` CLI's worker process exits, and the CLI with it)."""
 
 
 # -- decisions (pure) -------------------------------------------------------------------------
@@ -245,7 +252,7 @@ class IdemsendMiddleware(Middleware):
         for name in sorted(self.adapter.actor_names):
             refused += actor_problems(broker.get_actor(name))[0]
         if refused:
-            raise ConfigError("; ".join(refused))
+            raise DramatiqConfigError("; ".join(refused))
 
     def after_worker_boot(self, broker: Any, worker: Any) -> None:
         """Start this process's Engine in a short-lived thread, then check the actors'
