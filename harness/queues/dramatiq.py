@@ -44,7 +44,8 @@ def terminal(record: dict[str, Any] | None) -> Terminal | None:
     if state == "failed":
         return Terminal("failed", reason=str(record.get("message", "")))
     if state == "fatal":
-        return Terminal("fatal", code=str(record.get("code") or "DRAMATIQ_FAILED"), reason=str(record.get("message", "")))
+        code = str(record.get("code") or "DRAMATIQ_FAILED")
+        return Terminal("fatal", code=code, reason=str(record.get("message", "")))
     return None  # retrying
 
 
@@ -227,7 +228,8 @@ class DramatiqRedisDriver(DramatiqDriver):
     def _make_broker(self) -> Any:
         from dramatiq.brokers.redis import RedisBroker
 
-        return RedisBroker(url=self.broker_url, namespace=self.env["DRAMATIQ_NAMESPACE"])
+        broker_class: Any = RedisBroker  # its __init__ is untyped
+        return broker_class(url=self.broker_url, namespace=self.env["DRAMATIQ_NAMESPACE"])
 
     def _delete_queues(self) -> None:
         client = self.broker.client

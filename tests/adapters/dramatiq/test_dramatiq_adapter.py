@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("dramatiq", reason="Dramatiq is not installed here: it is tested in its own environment, nox -s dramatiq")
+pytest.importorskip("dramatiq", reason="Dramatiq is not installed here: nox -s dramatiq tests it")
 
 import dramatiq
 from dramatiq import Worker
