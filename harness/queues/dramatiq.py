@@ -113,8 +113,12 @@ class DramatiqDriver(QueueDriver):
         from redis import Redis
 
         self.broker = self._make_broker()
-        self.broker.declare_queue(self.queue_name)
+        self._declare()
         self.outcomes = Redis.from_url(self.outcomes_url)
+
+    def _declare(self) -> None:
+        # on the server now (the queue, its delay queue and its dead letters), not at the first enqueue
+        self.broker.declare_queue(self.queue_name, ensure=True)
 
     async def close(self) -> None:
         """Delete the run's queues and outcome records, and close the producer."""
@@ -165,6 +169,21 @@ class DramatiqDriver(QueueDriver):
             return out
 
         return await asyncio.to_thread(read)
+
+    async def enqueue_raw(self, job: QueueJob, message_id: object) -> None:
+        """Enqueue ``job``'s message under ``message_id`` as given (a hostile producer's)."""
+        message = self._message(job)
+        await asyncio.to_thread(self.broker.enqueue, message.copy(message_id=message_id))
+
+    async def dead_letters(self) -> int:
+        """How many messages the run's queue has dead-lettered."""
+        from dramatiq.common import xq_name
+
+        def count() -> int:
+            method = self.broker.channel.queue_declare(xq_name(self.queue_name), passive=True).method
+            return int(method.message_count)
+
+        return await asyncio.to_thread(count)
 
     async def deliver_twice_at_once(self, job: QueueJob) -> list[Terminal]:
         """Two messages with one id, taken by two workers while the first send is slow."""
@@ -230,6 +249,15 @@ class DramatiqRedisDriver(DramatiqDriver):
 
         broker_class: Any = RedisBroker  # its __init__ is untyped
         return broker_class(url=self.broker_url, namespace=self.env["DRAMATIQ_NAMESPACE"])
+
+    def _declare(self) -> None:
+        self.broker.declare_queue(self.queue_name)
+
+    async def dead_letters(self) -> int:
+        from dramatiq.common import xq_name
+
+        key = f"{self.env['DRAMATIQ_NAMESPACE']}:{xq_name(self.queue_name)}"
+        return int(await asyncio.to_thread(self.broker.client.zcard, key))
 
     def _delete_queues(self) -> None:
         client = self.broker.client
