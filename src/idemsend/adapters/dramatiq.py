@@ -210,6 +210,12 @@ def actor_problems(actor: Any, *, worst_send: float | None = None) -> tuple[list
             f"actor {name} has retry_when, which overrides max_retries: the adapter cannot tell the last try, "
             "so a job whose tries run out is failed by Dramatiq with a Retry, not the send's real reason."
         )
+    if options.get("on_retry_exhausted"):
+        warnings.append(
+            f"actor {name} has on_retry_exhausted: Dramatiq calls it only when its own count runs out, and the "
+            "adapter gives up on the last try itself (SendFailed, a throws exception), so it is not called for "
+            "a send. Read the job's end from on_outcome, or use the Callbacks middleware's on_failure."
+        )
     limit = options.get("time_limit")
     if worst_send is not None and isinstance(limit, int | float) and limit / 1000 < worst_send:
         warnings.append(

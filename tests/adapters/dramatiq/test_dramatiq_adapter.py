@@ -211,12 +211,14 @@ def test_an_actor_that_would_retry_a_given_up_send_is_refused_and_sends_nothing(
     assert refused and "SendFailed" in refused[0]
 
 
-def test_retry_when_and_a_short_time_limit_are_warned_about(rigs: list[Rig], caplog: pytest.LogCaptureFixture) -> None:
+def test_retry_when_on_retry_exhausted_and_a_short_time_limit_are_warned_about(
+    rigs: list[Rig], caplog: pytest.LogCaptureFixture
+) -> None:
     r = rig(rigs)
-    actor = r.actor(time_limit=1000, retry_when=lambda retries, exc: retries < 3)
+    actor = r.actor(time_limit=1000, retry_when=lambda retries, exc: retries < 3, on_retry_exhausted="elsewhere")
     with caplog.at_level(logging.WARNING, logger="idemsend.adapters.dramatiq"):
         r.idem.warm()
-    assert "retry_when" in caplog.text and "time_limit=1000 ms" in caplog.text
+    assert "retry_when" in caplog.text and "time_limit=1000 ms" in caplog.text and "on_retry_exhausted" in caplog.text
     message = actor.message(DATA, BODY)
     assert max_attempts(message, actor, Retries()) is None  # retry_when decides, not max_retries
 

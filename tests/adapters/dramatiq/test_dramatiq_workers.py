@@ -36,7 +36,9 @@ async def provider() -> AsyncIterator[MockProvider]:
 
 
 @pytest.fixture(scope="module", params=list(DRIVERS))
-async def driver(request: pytest.FixtureRequest, provider: MockProvider, redis_url: str) -> AsyncIterator[DramatiqDriver]:
+async def driver(
+    request: pytest.FixtureRequest, provider: MockProvider, redis_url: str
+) -> AsyncIterator[DramatiqDriver]:
     cls = DRIVERS[request.param]
     reason = cls.unavailable()
     if reason:
@@ -109,8 +111,8 @@ async def _until(read: object, wanted: int, tries: int = 200) -> None:
     raise AssertionError(f"dead letters: {got}, wanted {wanted}")
 
 
-@pytest.mark.parametrize(("mode", "words"), [("no-retries", "no Retries middleware"), ("late", "no Retries middleware")])
-def test_a_broker_without_retries_stops_the_worker_at_start(redis_url: str, mode: str, words: str) -> None:
+@pytest.mark.parametrize("mode", ["no-retries", "late"])  # refused when the adapter is made; at worker boot
+def test_a_broker_without_retries_stops_the_worker_at_start(redis_url: str, mode: str) -> None:
     tag = uuid.uuid4().hex[:6]
     env = {
         **os.environ, "PYTHONPATH": f"{PROBE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
@@ -120,4 +122,4 @@ def test_a_broker_without_retries_stops_the_worker_at_start(redis_url: str, mode
     out = subprocess.run([sys.executable, "-m", "dramatiq", "probe", "--processes", "1", "--threads", "1"],
                          cwd=PROBE, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0, out.stderr[-3000:]
-    assert words in out.stderr, out.stderr[-3000:]
+    assert "no Retries middleware" in out.stderr, out.stderr[-3000:]
