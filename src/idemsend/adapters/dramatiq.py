@@ -64,7 +64,9 @@ job is retried while it runs) are warned about.
 **A message without a usable id** (not a string, empty, over ``MAX_JOB_ID_BYTES``, a NUL or a
 lone surrogate) is failed before the actor runs: never sent, dead-lettered by the broker, its
 reason logged (``idemsend.adapters.dramatiq``), told to ``on_outcome`` as ``fatal``
-``INVALID_JOB_ID``, and stored as the message's exception by the Results middleware.
+``INVALID_JOB_ID``, and stored as the message's exception by the Results middleware. So is a
+message whose ``retries`` or ``max_retries`` option is not a whole number (``INVALID_MESSAGE``):
+Dramatiq's Retries would fail on it after the try, swallow that error and ack the message.
 
 **A worker killed mid-send.** The broker redelivers what the worker held: RabbitMQ when its
 connection drops, the Redis broker once the dead worker's heartbeat is older than
@@ -108,6 +110,7 @@ __all__ = [
     "broker_problems",
     "job_id_problem",
     "max_attempts",
+    "options_problem",
     "retry_delay_ms",
 ]
 
@@ -167,6 +170,23 @@ def job_id_problem(message_id: object) -> InvalidJobIdError | None:
         validate_job_id(message_id)
     except InvalidJobIdError as error:
         return error
+    return None
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def options_problem(options: Mapping[str, Any]) -> str | None:
+    """Why a message's ``retries`` or ``max_retries`` option cannot be counted (a hostile or
+    corrupt producer's message), or None. Dramatiq's Retries middleware would fail on such a
+    message after the try (its error is logged and swallowed, and the message acked: the job
+    lost), so the adapter dead-letters it before it runs."""
+    retries = options.get("retries", 0)
+    if not _whole(retries):
+        return f"the message's retries option must be a whole number >= 0, got {retries!r:.40}"
+    if "max_retries" in options and options["max_retries"] is not None and not _whole(options["max_retries"]):
+        return f"the message's max_retries option must be a whole number >= 0 or null, got {options['max_retries']!r:.40}"
     return None
 
 
@@ -270,8 +290,11 @@ class IdemsendMiddleware(Middleware):
         self.adapter.close()
 
     def before_process_message(self, broker: Any, message: Any) -> None:
-        """Keep the message for ``send``; fail (dead-letter) one without a usable id."""
+        """Keep the message for ``send``; fail (dead-letter) one without a usable id, or whose
+        try count cannot be read (``INVALID_MESSAGE``)."""
         problem = job_id_problem(message.message_id)
+        if problem is None and (bad := options_problem(message.options)) is not None:
+            problem = InvalidJobIdError(bad, code="INVALID_MESSAGE")
         if problem is not None:
             self.adapter.reject(message, problem)
             raise SkipMessage(str(problem))
@@ -400,7 +423,7 @@ class DramatiqAdapter:
                     message.message_id, message.actor_name, problem)
         self._tell(message, {
             "state": "fatal", "code": problem.code, "detail": problem.detail, "message": str(problem),
-            "maybe_sent": False, "attempt": int(message.options.get("retries", 0) or 0) + 1,
+            "maybe_sent": False, "attempt": None,
         })
 
     def _tell(self, message: Any, record: Mapping[str, Any]) -> None:

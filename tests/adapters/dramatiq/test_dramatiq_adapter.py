@@ -187,6 +187,26 @@ def test_a_message_without_a_usable_id_is_dead_lettered_never_sent(
     assert "dead-lettered, never sent" in caplog.text
 
 
+@pytest.mark.parametrize(
+    "options", [{"retries": "abc"}, {"retries": -1}, {"retries": True}, {"max_retries": "x"}, {"max_retries": 2.5}]
+)
+def test_a_message_whose_try_count_cannot_be_read_is_dead_lettered_never_sent(
+    rigs: list[Rig], options: dict[str, Any]
+) -> None:
+    r = rig(rigs)
+    r.run(with_id(r.actor(), "job-7").copy(options=options))
+    assert r.provider.keys == [] and len(r.broker.dead_letters) == 1
+    assert r.states() == ["fatal"] and r.records[0][1]["code"] == "INVALID_MESSAGE"
+
+
+def test_data_that_is_not_a_mapping_is_fatal_and_sends_nothing(rigs: list[Rig]) -> None:
+    r = rig(rigs)
+    actor = r.actor()
+    r.run(actor.message(["not", "a", "mapping"], BODY).copy(message_id="job-8"))
+    assert r.provider.keys == [] and len(r.broker.dead_letters) == 1
+    assert r.states() == ["fatal"], r.records
+
+
 def test_a_broker_without_retries_is_refused(rigs: list[Rig]) -> None:
     with pytest.raises(ConfigError, match="no Retries middleware"):
         Rig(Provider(), middleware=[])
