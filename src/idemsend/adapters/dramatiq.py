@@ -185,8 +185,9 @@ def options_problem(options: Mapping[str, Any]) -> str | None:
     retries = options.get("retries", 0)
     if not _whole(retries):
         return f"the message's retries option must be a whole number >= 0, got {retries!r:.40}"
-    if "max_retries" in options and options["max_retries"] is not None and not _whole(options["max_retries"]):
-        return f"the message's max_retries option must be a whole number >= 0 or null, got {options['max_retries']!r:.40}"
+    limit = options.get("max_retries")
+    if limit is not None and not _whole(limit):
+        return f"the message's max_retries option must be a whole number >= 0 or null, got {limit!r:.40}"
     return None
 
 
