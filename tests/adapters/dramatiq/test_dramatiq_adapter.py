@@ -316,3 +316,31 @@ def test_send_failed_carries_code_and_reason() -> None:
     failed = SendFailed("payload changed", code="IDEMPOTENCY_MISMATCH", maybe_sent=True)
     assert str(failed) == "IDEMPOTENCY_MISMATCH: payload changed"
     assert failed.args == ("payload changed", "IDEMPOTENCY_MISMATCH", False, True) and failed.maybe_sent
+
+
+def test_an_outcome_hook_that_fails_on_a_rejected_message_still_dead_letters_it(rigs: list[Rig]) -> None:
+    r = rig(rigs)
+
+    def broken(message: Any, record: Mapping[str, Any]) -> None:
+        raise RuntimeError("outcome store down")
+
+    r.idem.on_outcome = broken
+    r.run(with_id(r.actor(), ""))
+    assert r.provider.keys == [] and len(r.broker.dead_letters) == 1  # failed before the hook ran
+
+
+def test_an_engine_that_does_not_start_retries_the_message_and_sends_once_it_does(rigs: list[Rig]) -> None:
+    r = rig(rigs)
+    working = r.provider.factory()
+    starts: list[int] = []
+
+    def flaky() -> Engine:
+        starts.append(1)
+        if len(starts) <= 2:  # the boot's warm-up start takes one of these, a try the other (or both)
+            raise OSError("ledger unreachable")
+        return working()
+
+    r.idem.engines.factory = flaky
+    r.run(with_id(r.actor(min_backoff=10, max_backoff=20), "job-9"))
+    assert r.states() == ["sent"] and r.records[0][1]["attempt"] >= 2  # a failed try was retried, not lost
+    assert r.provider.keys == ["welcome:u1:job-9"] and not r.broker.dead_letters
