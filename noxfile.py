@@ -93,6 +93,13 @@ def celery(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def dramatiq(session: nox.Session) -> None:
+    """The Dramatiq adapter with real `dramatiq` CLI workers on RabbitMQ and on Redis."""
+    session.install("-e", ".[dramatiq,redis,test]")
+    _pytest(session, "tests/adapters/dramatiq", *QUEUE_TESTS)
+
+
+@nox.session(python=PYTHON)
 def docs(session: nox.Session) -> None:
     """The API reference site from the docstrings (mkdocs-material + mkdocstrings), built
     with warnings as errors."""

@@ -21,6 +21,7 @@ MODULES = [
     "idemsend.adapters.arq",
     "idemsend.adapters.rq",
     "idemsend.adapters.qstash",
+    "idemsend.adapters.dramatiq",
 ]
 
 
