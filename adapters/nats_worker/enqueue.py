@@ -1,7 +1,7 @@
 """Publish welcome-email jobs to the JetStream stream: `python enqueue.py --jobs 10`.
 
 `--create` adds the stream first (NATS_STREAM, on subject NATS_SUBJECT, file storage). Each job
-carries its own id in the `Nats-Msg-Id` header (`msg_id=`), so publishing a job twice is still
+carries its own id in the `Nats-Msg-Id` header, so publishing a job twice is still
 one job: JetStream drops the second inside its duplicate window, and the ledger answers it after.
 """
 
@@ -29,7 +29,7 @@ async def main() -> None:
     for i in range(args.jobs):
         job_id = uuid.uuid4().hex
         payload = {"data": {"user_id": f"user-{i}"}, "body": {"to": [f"user-{i}@example.com"], "template": "welcome"}}
-        ack = await js.publish(subject, json.dumps(payload).encode(), msg_id=job_id)
+        ack = await js.publish(subject, json.dumps(payload).encode(), headers={"Nats-Msg-Id": job_id})
         print("enqueued", job_id, "seq", ack.seq)
     await nc.close()
 

@@ -2,9 +2,9 @@
 against a nats-server of the driver's own (``NatsServer``: JetStream with file storage in the
 run's folder, on a free loopback port), so a broker restart touches no one else's server.
 
-Jobs go in with ``js.publish(subject, payload, msg_id=job_id)`` (the job id in the
+Jobs go in with ``js.publish(subject, payload, headers={"Nats-Msg-Id": job_id})`` (the job id in the
 ``Nats-Msg-Id`` header, as a producer that may publish a job twice does); the stream's
-duplicate window is short, so a duplicate publish is a second message (the ledger's case,
+duplicate window is the shortest it can be (100 ms), so a later duplicate publish is a second message (the ledger's case,
 not JetStream's de-duplication). A job ends as the outcome the worker writes for each message
 to its results store (Redis), keyed by the stream sequence the ``PubAck`` named; a job is final
 once every message published for it has an outcome, and its state is its latest message's.
@@ -164,10 +164,14 @@ class NatsDriver(QueueDriver):
         from redis.asyncio import Redis
 
         await asyncio.to_thread(self.server.start)
-        self.nc = await nats.connect(self.server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+        async def quiet(exc: Exception) -> None:  # the broker restart: reconnecting is expected
+            pass
+
+        self.nc = await nats.connect(self.server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2,
+                                     error_cb=quiet)
         self.js = self.nc.jetstream()
         await self.js.add_stream(name=self.stream, subjects=[self.subject], storage=StorageType.FILE,
-                                 duplicate_window=0.05)
+                                 duplicate_window=0.1)
         await self.js.add_consumer(self.stream, ConsumerConfig(
             durable_name=self.durable, ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait, max_deliver=-1,
             max_ack_pending=-1,
@@ -206,7 +210,7 @@ class NatsDriver(QueueDriver):
         payload = json.dumps({"data": job.data, "body": job.body}).encode()
 
         async def publish() -> Any:
-            return await self.js.publish(self.subject, payload, msg_id=job.id, timeout=5)
+            return await self.js.publish(self.subject, payload, headers={"Nats-Msg-Id": job.id}, timeout=5)
 
         ack = await retrying(publish, f"publish {job.id} to JetStream")
         if ack.duplicate:  # JetStream's own de-duplication took it: the job is one message

@@ -11,7 +11,8 @@ consumer = JetStreamConsumer(
 await consumer.run()                                   # until consumer.stop(), then drains
 
 # a producer: the job id goes in the Nats-Msg-Id header
-await js.publish("emails.welcome", json.dumps({"data": {...}, "body": {...}}).encode(), msg_id=job_id)
+await js.publish("emails.welcome", json.dumps({"data": {...}, "body": {...}}).encode(),
+                 headers={"Nats-Msg-Id": job_id})
 ```
 
 **Messages.** The payload is JSON ``{"data": {...}, "body": {...}}`` (or pass ``parse=``):

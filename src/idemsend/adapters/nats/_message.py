@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 #: The header a producer sets to give a message its job id (JetStream's own de-duplication
-#: header: ``js.publish(subject, payload, msg_id=job_id)``).
+#: header: ``js.publish(subject, payload, headers={"Nats-Msg-Id": job_id})``).
 MSG_ID_HEADER = "Nats-Msg-Id"
 #: The fatal code of a message that can never be sent (no usable job id, not JSON, not the shape).
 BAD_MESSAGE = "BAD_MESSAGE"
@@ -107,7 +107,7 @@ def job_id_of(message: JetStreamMessage, *, require_msg_id: bool = False) -> str
         if require_msg_id:
             raise BadMessageError(
                 f"message {message.label} has no {MSG_ID_HEADER} header, and the consumer requires one"
-                " (require_msg_id=True): publish with msg_id=<the job's id>"
+                " (require_msg_id=True): publish with headers={\"Nats-Msg-Id\": <the job id>}"
             )
         return f"{message.stream}:{message.stream_seq}"
     if not raw or len(raw) > MAX_JOB_ID_LENGTH or _VISIBLE_ASCII.fullmatch(raw) is None:
