@@ -4,10 +4,11 @@ run's folder, on a free loopback port), so a broker restart touches no one else'
 
 Jobs go in with ``js.publish(subject, payload, headers={"Nats-Msg-Id": job_id})`` (the job id in the
 ``Nats-Msg-Id`` header, as a producer that may publish a job twice does); the stream's
-duplicate window is the shortest it can be (100 ms), so a later duplicate publish is a second message (the ledger's case,
-not JetStream's de-duplication). A job ends as the outcome the worker writes for each message
-to its results store (Redis), keyed by the stream sequence the ``PubAck`` named; a job is final
-once every message published for it has an outcome, and its state is its latest message's.
+duplicate window is the shortest the server allows (100 ms), so a later duplicate publish is
+a second message (the ledger's case, not JetStream's de-duplication). A job ends as the
+outcome the worker writes for each message to its results store (Redis), keyed by the stream
+sequence the ``PubAck`` named; a job is final once every message published for it has an
+outcome, and its state is its latest message's.
 A SIGKILLed worker's messages are redelivered after ``ack_wait``.
 """
 

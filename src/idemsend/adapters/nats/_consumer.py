@@ -166,7 +166,8 @@ class JetStreamConsumer:
             poller = asyncio.create_task(self._poll(sub, calls))
             self.ready.set()
             await self._stopping.wait()
-            await drain(poller, self._tasks, hurry=self._hurry, timeout=self.shutdown_timeout)
+            await drain(poller, self._tasks, hurry=self._hurry, timeout=self.shutdown_timeout,
+                        fetch_wait=self.fetch_wait)
             if not poller.cancelled() and poller.exception() is not None:
                 raise poller.exception()  # type: ignore[misc]
 
