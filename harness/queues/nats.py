@@ -5,7 +5,8 @@ run's folder, on a free loopback port), so a broker restart touches no one else'
 Jobs go in with ``js.publish(subject, payload, headers={"Nats-Msg-Id": job_id})`` (the job id in the
 ``Nats-Msg-Id`` header, as a producer that may publish a job twice does); the stream's
 duplicate window is the shortest the server allows (100 ms), so a later duplicate publish is
-a second message (the ledger's case, not JetStream's de-duplication). A job ends as the
+a second message (the ledger's case, not JetStream's de-duplication; a republish the server
+drops as a duplicate inside the window is published again after it). A job ends as the
 outcome the worker writes for each message to its results store (Redis), keyed by the stream
 sequence the ``PubAck`` named; a job is final once every message published for it has an
 outcome, and its state is its latest message's.
@@ -34,6 +35,8 @@ from .base import QueueDriver, QueueJob, Terminal, db_url, retrying, wait_for_ar
 
 __all__ = ["NatsDriver", "NatsServer", "nats_server_binary"]
 
+#: The stream's duplicate window, seconds: the shortest the server allows.
+DUPLICATE_WINDOW = 0.1
 #: Messages published and not yet final before ``deliver`` waits.
 MAX_PENDING = 2000
 
@@ -172,7 +175,7 @@ class NatsDriver(QueueDriver):
                                      error_cb=quiet)
         self.js = self.nc.jetstream()
         await self.js.add_stream(name=self.stream, subjects=[self.subject], storage=StorageType.FILE,
-                                 duplicate_window=0.1)
+                                 duplicate_window=DUPLICATE_WINDOW)
         await self.js.add_consumer(self.stream, ConsumerConfig(
             durable_name=self.durable, ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait, max_deliver=-1,
             max_ack_pending=-1,
@@ -214,8 +217,12 @@ class NatsDriver(QueueDriver):
             return await self.js.publish(self.subject, payload, headers={"Nats-Msg-Id": job.id}, timeout=5)
 
         ack = await retrying(publish, f"publish {job.id} to JetStream")
-        if ack.duplicate:  # JetStream's own de-duplication took it: the job is one message
-            return True
+        while ack.duplicate:
+            # inside the stream's duplicate window JetStream drops a republish of the job id
+            # itself (one send, and no second message for the ledger to answer): the harness
+            # asks for a second delivery, so publish again once the window has passed
+            await asyncio.sleep(DUPLICATE_WINDOW)
+            ack = await retrying(publish, f"publish {job.id} to JetStream")
         self.sent.setdefault(job.id, []).append(int(ack.seq))
         self.pending[int(ack.seq)] = job.id
         return True
