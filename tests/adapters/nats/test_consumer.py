@@ -86,11 +86,33 @@ async def test_without_the_header_the_stream_sequence_is_the_job_id(
 ) -> None:
     await stream.consumer()
     outcomes = Outcomes()
-    async with consuming(make(provider, stream, nats_url, outcomes)):
+    async with consuming(make(provider, stream, nats_url, outcomes)) as consumer:
         seq = await stream.publish(job("u2"))
         await until(lambda: outcomes.final(), "the outcome")
-    assert outcomes.records[0]["job_id"] == f"{stream.name}:{seq}"
-    assert provider.sends_for(f"welcome:u2:{stream.name}:{seq}") == 1
+    job_id = outcomes.records[0]["job_id"]
+    assert consumer.stream_created is not None and job_id == f"{stream.name}:{consumer.stream_created}:{seq}"
+    assert provider.sends_for(f"welcome:u2:{job_id}") == 1
+
+
+async def test_a_stream_made_again_does_not_reuse_an_old_jobs_key(
+    provider: MockProvider, stream: Stream, nats_url: str
+) -> None:
+    ledger = MemoryLedger()
+    outcomes = Outcomes()
+    for round_ in range(2):  # the same stream name, its sequences starting over at 1
+        if round_:
+            await stream.js.delete_stream(stream.name)
+            await stream.js.add_stream(name=stream.name, subjects=[stream.subject])
+        await stream.consumer()
+        async with consuming(make(provider, stream, nats_url, outcomes, engine={"ledger": ledger})):
+            assert await stream.publish(job("same")) == 1
+            want = round_ + 1
+            await until(lambda: len(outcomes.final()) == want, "the outcome")  # noqa: B023 - awaited here
+    first, second = outcomes.final()
+    assert first["job_id"] != second["job_id"]
+    assert (first["replayed"], second["replayed"]) == (False, False)
+    assert provider.sends_for(f"welcome:same:{first['job_id']}") == provider.sends_for(
+        f"welcome:same:{second['job_id']}") == 1
 
 
 async def test_a_retryable_error_is_naked_and_redelivered(
@@ -177,6 +199,9 @@ async def test_a_consumer_without_per_message_acks_is_refused_at_start(
 async def test_a_missing_consumer_is_named(provider: MockProvider, stream: Stream, nats_url: str) -> None:
     with pytest.raises(ConfigError, match=rf"no consumer {stream.durable!r} on stream {stream.name!r}"):
         await make(provider, stream, nats_url).run()
+    missing = JetStreamConsumer(engine_factory(provider), stream="NO_SUCH_STREAM_X9", durable="d", servers=nats_url)
+    with pytest.raises(ConfigError, match="no stream 'NO_SUCH_STREAM_X9'"):
+        await missing.run()
 
 
 async def test_a_short_ack_wait_is_warned_about_at_start(

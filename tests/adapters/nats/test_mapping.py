@@ -40,6 +40,10 @@ def test_the_job_id_is_the_nats_msg_id_header() -> None:
 
 def test_without_the_header_the_job_id_is_the_stream_and_its_sequence() -> None:
     assert job_id_of(message(seq=42)) == "EMAILS:42"
+    # a stream made again starts its sequences over: its creation time keeps the ids apart
+    again = JetStreamMessage(stream="EMAILS", consumer="w", stream_seq=42, num_delivered=1, subject="e.w",
+                             data=PAYLOAD, stream_created=1_700_000_000_000_000)
+    assert job_id_of(again) == "EMAILS:1700000000000000:42"
     # a republish of the same job is a new message: a new sequence, so a new job id (hence the header)
     assert job_id_of(message(seq=43)) != job_id_of(message(seq=42))
 

@@ -17,7 +17,8 @@ await js.publish("emails.welcome", json.dumps({"data": {...}, "body": {...}}).en
 
 **Messages.** The payload is JSON ``{"data": {...}, "body": {...}}`` (or pass ``parse=``):
 ``data`` fills the key template, ``body`` is sent. The job id is the ``Nats-Msg-Id`` header
-when the producer set one, else ``"<stream>:<stream sequence>"``. Prefer the header: the
+when the producer set one, else ``"<stream>:<stream created, unix µs>:<stream sequence>"``
+(the creation time: a stream deleted and made again starts its sequences over). Prefer the header: the
 sequence is stable across redeliveries of one message, but a producer that publishes the same
 job again (a retried publish after a lost ``PubAck``, outside the stream's duplicate window)
 makes a new message with a new sequence, hence a new key and a second send; the header keeps

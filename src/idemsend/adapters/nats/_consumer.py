@@ -114,6 +114,8 @@ class JetStreamConsumer:
         #: set once the consumer has checked its durable consumer and started fetching
         self.ready = asyncio.Event()
         self.plan: ConsumerPlan | None = None
+        #: the stream's creation time (unix microseconds), part of a job id without a header
+        self.stream_created: int | None = None
         self._nc = nc
         self._engines = StartedEngine(engine_factory)
         self._stopping, self._hurry, self._room = asyncio.Event(), asyncio.Event(), asyncio.Event()
@@ -173,11 +175,16 @@ class JetStreamConsumer:
 
     async def _plan(self, js: Any, engine: Engine) -> ConsumerPlan:
         try:
+            created = (await js.stream_info(self.stream)).created
+        except nats.js.errors.NotFoundError:
+            raise ConfigError(f"JetStream has no stream {self.stream!r}: add it first") from None
+        self.stream_created = None if created is None else round(created.timestamp() * 1_000_000)
+        try:
             info = await js.consumer_info(self.stream, self.durable)
         except nats.js.errors.NotFoundError:
             if self.create is None:
                 raise ConfigError(
-                    f"JetStream has no consumer {self.durable!r} on stream {self.stream!r} (or no such stream):"
+                    f"JetStream has no consumer {self.durable!r} on stream {self.stream!r}:"
                     " create the durable pull consumer first, or pass create=ConsumerConfig(...)"
                 ) from None
             config = self.create
@@ -212,7 +219,7 @@ class JetStreamConsumer:
             for msg in msgs:
                 self.stats.received += 1
                 try:
-                    message = JetStreamMessage.from_msg(msg)
+                    message = JetStreamMessage.from_msg(msg, stream_created=self.stream_created)
                 except Exception as exc:  # not a JetStream message (no ack subject): nothing to settle
                     log.error("skipping a message that is not from JetStream (%s)", exc)
                     continue

@@ -65,7 +65,8 @@ class JetStreamMessage:
     """What the consumer reads off one delivered message (``from_msg``): the ``stream`` and
     its ``stream_seq`` (the message's place in the stream, the same on every redelivery),
     ``num_delivered`` (1 on the first delivery: the try number), the ``headers`` and the raw
-    ``data``; ``received_at`` is this process's monotonic clock when it arrived."""
+    ``data``; ``stream_created`` the stream's creation time in unix microseconds (None:
+    unknown); ``received_at`` is this process's monotonic clock when it arrived."""
 
     stream: str
     consumer: str
@@ -74,16 +75,17 @@ class JetStreamMessage:
     subject: str
     data: bytes
     headers: Mapping[str, str] = field(default_factory=dict)
+    stream_created: int | None = None
     received_at: float = field(default_factory=time.monotonic)
 
     @classmethod
-    def from_msg(cls, msg: Any) -> JetStreamMessage:
+    def from_msg(cls, msg: Any, *, stream_created: int | None = None) -> JetStreamMessage:
         """The fields of a nats-py JetStream ``Msg`` (its ack subject carries the metadata)."""
         meta = msg.metadata
         return cls(
             stream=str(meta.stream), consumer=str(meta.consumer), stream_seq=int(meta.sequence.stream),
             num_delivered=int(meta.num_delivered), subject=str(msg.subject), data=bytes(msg.data or b""),
-            headers={str(k): str(v) for k, v in (msg.headers or {}).items()},
+            headers={str(k): str(v) for k, v in (msg.headers or {}).items()}, stream_created=stream_created,
         )
 
     @property
@@ -98,10 +100,12 @@ class JetStreamMessage:
 
 def job_id_of(message: JetStreamMessage, *, require_msg_id: bool = False) -> str:
     """The job id: the ``Nats-Msg-Id`` header when the producer set one, else
-    ``"<stream>:<stream sequence>"`` (stable across redeliveries of this one message, but a
-    republish of the same job is a new message with a new sequence, so only the header makes
-    two publishes one job). ``BadMessageError`` for a header that is not 1 to
-    ``MAX_JOB_ID_LENGTH`` visible ASCII characters, or (``require_msg_id``) no header."""
+    ``"<stream>:<stream created, unix µs>:<stream sequence>"`` (stable across redeliveries of
+    this one message, but a republish of the same job is a new message with a new sequence,
+    so only the header makes two publishes one job; the creation time keeps a stream deleted
+    and made again, whose sequences start over at 1, from reusing an old job's key).
+    ``BadMessageError`` for a header that is not 1 to ``MAX_JOB_ID_LENGTH`` visible ASCII
+    characters, or (``require_msg_id``) no header."""
     raw = _header(message.headers, MSG_ID_HEADER)
     if raw is None:
         if require_msg_id:
@@ -109,7 +113,9 @@ def job_id_of(message: JetStreamMessage, *, require_msg_id: bool = False) -> str
                 f"message {message.label} has no {MSG_ID_HEADER} header, and the consumer requires one"
                 " (require_msg_id=True): publish with headers={\"Nats-Msg-Id\": <the job id>}"
             )
-        return f"{message.stream}:{message.stream_seq}"
+        if message.stream_created is None:
+            return f"{message.stream}:{message.stream_seq}"
+        return f"{message.stream}:{message.stream_created}:{message.stream_seq}"
     if not raw or len(raw) > MAX_JOB_ID_LENGTH or _VISIBLE_ASCII.fullmatch(raw) is None:
         raise BadMessageError(
             f"message {message.label}: the {MSG_ID_HEADER} header must be 1 to {MAX_JOB_ID_LENGTH} visible ASCII"
