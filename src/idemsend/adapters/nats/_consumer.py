@@ -121,6 +121,7 @@ class JetStreamConsumer:
         self._stopping, self._hurry, self._room = asyncio.Event(), asyncio.Event(), asyncio.Event()
         self._held = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._holding: set[Held] = set()  # handed to a run, until the run ends
         self._ran = False
 
     def __repr__(self) -> str:
@@ -170,6 +171,9 @@ class JetStreamConsumer:
             await self._stopping.wait()
             await drain(poller, self._tasks, hurry=self._hurry, timeout=self.shutdown_timeout,
                         fetch_wait=self.fetch_wait)
+            # a run cancelled before its first step never ran its own release: release it here
+            for held in list(self._holding):
+                await calls.settle(held, Nak(0))
             if not poller.cancelled() and poller.exception() is not None:
                 raise poller.exception()  # type: ignore[misc]
 
@@ -228,6 +232,7 @@ class JetStreamConsumer:
                     await calls.settle(held, Nak(0))
                     continue
                 self._held += 1
+                self._holding.add(held)
                 task = asyncio.create_task(self._run(calls, held))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -241,6 +246,7 @@ class JetStreamConsumer:
                 await asyncio.shield(calls.settle(held, Nak(0)))
             raise
         finally:
+            self._holding.discard(held)
             self._held -= 1
             self._room.set()
 
