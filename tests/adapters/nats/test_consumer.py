@@ -298,3 +298,23 @@ async def test_options_out_of_range_are_refused_naming_them(provider: MockProvid
     ]:
         with pytest.raises(ConfigError, match=words):
             JetStreamConsumer(factory, **options)
+
+
+async def test_an_on_outcome_that_raises_keeps_the_message_and_the_ledger_answers_it_again(
+    provider: MockProvider, stream: Stream, nats_url: str
+) -> None:
+    await stream.consumer()
+    seen: list[dict[str, Any]] = []
+
+    async def flaky(tried: NatsOutcome) -> None:
+        seen.append(tried.record())
+        if len(seen) == 1:
+            raise RuntimeError("the results store is down")
+
+    consumer = make(provider, stream, nats_url, None, engine={"ledger": MemoryLedger()})
+    consumer.on_outcome = flaky
+    async with consuming(consumer):
+        await stream.publish(job("flaky"), job_id="job-flaky")
+        await until(lambda: consumer.stats.acked == 1, "the ack after the second try")
+    assert [(r["state"], r["attempt"], r["replayed"]) for r in seen] == [("sent", 1, False), ("sent", 2, True)]
+    assert consumer.stats.naked == 1 and provider.sends_for("welcome:flaky:job-flaky") == 1
