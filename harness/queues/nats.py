@@ -163,11 +163,18 @@ class NatsDriver(QueueDriver):
         return [sys.executable, "worker.py"]
 
     async def open(self) -> None:
+        await asyncio.to_thread(self.server.start)
+        try:
+            await self._open_clients()
+        except BaseException:
+            await self.close()  # no orphan nats-server when the stream or consumer cannot be made
+            raise
+
+    async def _open_clients(self) -> None:
         import nats
         from nats.js.api import AckPolicy, ConsumerConfig, StorageType
         from redis.asyncio import Redis
 
-        await asyncio.to_thread(self.server.start)
         async def quiet(exc: Exception) -> None:  # the broker restart: reconnecting is expected
             pass
 
