@@ -79,6 +79,14 @@ def sqs(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def nats(session: nox.Session) -> None:
+    """The NATS JetStream adapter on a real nats-server (the machine's on 127.0.0.1:4222, or one
+    the tests start; the harness's driver always starts its own, restarted mid-chaos)."""
+    session.install("-e", ".[nats,redis,test]")
+    _pytest(session, "tests/adapters/nats", *QUEUE_TESTS)
+
+
+@nox.session(python=PYTHON)
 def bullmq(session: nox.Session) -> None:
     """The BullMQ adapter with real bullmq workers on a real Redis (redis-py >= 6.2)."""
     session.install("-e", ".[bullmq,test]")

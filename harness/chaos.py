@@ -46,6 +46,7 @@ class ChaosReport:
     kills: int = 0
     redis_restarts: int = 0
     ledger_restarts: int = 0
+    broker_restarts: int = 0  # the queue's own server, where the driver runs one (restart_broker)
     ledger_done: int | None = None  # done records in a PostgreSQL ledger at the end (None: not Postgres)
     worker_restarts: int = 0
     provider_requests: int = 0
@@ -94,6 +95,7 @@ def table(reports: list[ChaosReport]) -> str:
         ("duplicates delivered", lambda r: r.duplicates), ("workers SIGKILLed", lambda r: r.kills),
         ("worker restarts (kills and crashes)", lambda r: r.worker_restarts),
         ("Redis restarts", lambda r: r.redis_restarts),
+        ("broker restarts (the driver's own server)", lambda r: r.broker_restarts),
         ("ledger PostgreSQL crashes (SIGKILL, restart)", lambda r: r.ledger_restarts),
         ("done records in the PostgreSQL ledger", lambda r: "—" if r.ledger_done is None else r.ledger_done),
         ("faults injected", lambda r: ", ".join(f"{k} {v}" for k, v in sorted(r.faults.items()))),
@@ -300,6 +302,8 @@ async def _drive(
                 await asyncio.sleep(1.0)
                 redis.start()
                 report.redis_restarts += 1
+                if await driver.restart_broker():  # the queue's own server, where the driver runs one
+                    report.broker_restarts += 1
                 if pg is not None:  # the ledger's database crashes too: committed records survive (WAL)
                     pg.kill()
                     await asyncio.sleep(1.0)

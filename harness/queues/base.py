@@ -14,6 +14,7 @@ driver's own module (``harness/queues/<queue>.py``); callers speak only this int
 ``wait(job_id)`` / ``run(job)``     poll one job to its end; deliver, then wait
 ``deliver_twice_at_once(job)``      two runs of one job at the same moment, the queue's way
 ``sweep_abandoned()``               the queue's own abandoned-job recovery, run now
+``restart_broker()``                restart the queue's server, where the driver runs its own
 ``tail()``                          the end of the workers' logs
 =================================  ========================================================
 
@@ -296,6 +297,11 @@ class QueueDriver:
         """Get two runs of ``job`` going at the same moment, in whatever way the queue
         allows, and return the terminal states it reports."""
         raise NotImplementedError
+
+    async def restart_broker(self) -> bool:
+        """Restart the queue's server, where the driver runs one of its own (the chaos run's
+        broker restart); False (the default) when it does not."""
+        return False
 
     async def sweep_abandoned(self) -> None:
         """Run the queue's recovery of jobs whose worker died, now (default: the queue
