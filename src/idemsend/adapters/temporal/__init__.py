@@ -51,7 +51,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from ..._engine import Engine
-from ..._errors import ConfigError, KeyDerivationError, MissingExtraError
+from ..._errors import ConfigError, InvalidJobIdError, KeyDerivationError, MissingExtraError
 from ..._keys import Job, Template
 from .._common import EngineFactory, check_factory
 from .._holder import StartedEngine
@@ -162,7 +162,10 @@ class TemporalAdapter:
         info = activity.info()
         engine = await self.start()
         self._warn_once(engine, info)
-        job = job_from_temporal(data, info)
+        try:
+            job = job_from_temporal(data, info)
+        except InvalidJobIdError as exc:  # an id no ledger can store: failed for good, never sent
+            raise to_application_error(GiveUp(exc, retryable=False), attempt=info.attempt, next_delay=None) from exc
         _refuse_run_id_key(engine, job, info)
         beat = asyncio.ensure_future(self._heartbeat(info))
         try:
