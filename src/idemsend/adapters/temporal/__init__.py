@@ -155,15 +155,17 @@ class TemporalAdapter:
         for note in timeout_warnings(activity_facts(info), engine.worst_case_send_time()):
             log.warning("idemsend: %s", note, extra={"code": "temporal_timeouts"})
 
-    async def send(self, data: Mapping[str, Any], body: Any) -> dict[str, Any]:
+    async def send(self, data: Mapping[str, Any], body: Any, *, job_id: str | None = None) -> dict[str, Any]:
         """Send ``body`` for the running activity (call it from the activity's body);
-        ``data`` fills the key template. Returns ``result_dict``; raises ``ApplicationError``
+        ``data`` fills the key template. ``job_id``: an id of your own instead of the
+        workflow id + activity id, as stable as they are (an order id the workflow got as
+        its input; never the run id). Returns ``result_dict``; raises ``ApplicationError``
         for a retry or a failure (see the module docstring)."""
         info = activity.info()
         engine = await self.start()
         self._warn_once(engine, info)
         try:
-            job = job_from_temporal(data, info)
+            job = job_from_temporal(data, info) if job_id is None else Job(job_id, data)
         except InvalidJobIdError as exc:  # an id no ledger can store: failed for good, never sent
             raise to_application_error(GiveUp(exc, retryable=False), attempt=info.attempt, next_delay=None) from exc
         _refuse_run_id_key(engine, job, info)
