@@ -173,5 +173,5 @@ def _failed(exc: BaseException) -> Terminal:
         return Terminal("failed", reason=str(exc.__cause__ or exc))
     record = cause.details[0] if cause.details and isinstance(cause.details[0], dict) else {}
     if record.get("state") in ("retrying", "failed"):
-        return Terminal("failed", reason=str(cause.type or cause.message))
+        return Terminal("failed", reason=f"{cause.type}: {cause.message}")
     return Terminal("fatal", code=str(cause.type or "FATAL"), reason=cause.message)
