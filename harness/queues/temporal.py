@@ -66,6 +66,9 @@ class TemporalDriver(QueueDriver):
         })
         self.client: Any = None
         self.server: subprocess.Popen[bytes] | None = None
+        self._results: dict[str, list[Terminal] | None] = {}  # job id -> its latest run's end
+        self._waiters: dict[str, asyncio.Task[None]] = {}
+        self._gate = asyncio.Semaphore(200)  # results awaited at once (each a long poll)
 
     @classmethod
     def unavailable(cls) -> str | None:
@@ -97,6 +100,9 @@ class TemporalDriver(QueueDriver):
         self.client = await retrying(lambda: Client.connect(address), f"connect to Temporal at {address}", pause=0.2)
 
     async def close(self) -> None:
+        for waiter in self._waiters.values():
+            waiter.cancel()
+        self._waiters.clear()
         self.client = None
         if self.server is not None:
             self.server.terminate()
@@ -110,43 +116,58 @@ class TemporalDriver(QueueDriver):
     async def _start(self, job: QueueJob, copies: int) -> bool:
         from temporalio.common import WorkflowIDReusePolicy
         from temporalio.exceptions import WorkflowAlreadyStartedError
+        from temporalio.service import RPCError
 
         payload = {"job_id": job.id, "data": job.data, "body": job.body, "settings": self.settings, "copies": copies}
-        try:
-            await self.client.start_workflow(
-                "SendEmail", payload, id=job.id, task_queue=self.task_queue,
-                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-            )
-        except WorkflowAlreadyStartedError:
-            return False
+        for _ in range(100):  # a server too busy to answer at once: ask again
+            try:
+                handle = await self.client.start_workflow(
+                    "SendEmail", payload, id=job.id, task_queue=self.task_queue,
+                    id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                )
+                break
+            except WorkflowAlreadyStartedError:
+                return False
+            except RPCError:
+                await asyncio.sleep(0.2)
+        else:
+            raise RuntimeError(f"could not start workflow {job.id}")
+        # one waiter per job on its latest run's result: states() reads what they found, so a
+        # poll of 10,000 jobs costs no call to the server
+        old = self._waiters.pop(job.id, None)
+        if old is not None:
+            old.cancel()
+        self._results[job.id] = None
+        self._waiters[job.id] = asyncio.ensure_future(self._await_result(job.id, handle))
         return True
+
+    async def _await_result(self, job_id: str, handle: Any) -> None:
+        from temporalio.client import WorkflowFailureError
+
+        while True:
+            try:
+                async with self._gate:
+                    results = await handle.result(follow_runs=False)
+            except WorkflowFailureError as exc:
+                self._results[job_id] = [_failed(exc)]
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the server busy or a connection reset: ask again
+                await asyncio.sleep(0.5)
+                continue
+            self._results[job_id] = [Terminal("sent", replayed=bool(r["replayed"])) for r in results]
+            return
 
     async def deliver(self, job: QueueJob) -> bool:
         return await self._start(job, copies=1)
 
-    async def _terminals(self, job_id: str) -> list[Terminal] | None:
-        from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
-
-        handle = self.client.get_workflow_handle(job_id)
-        described = await handle.describe()
-        if described.status == WorkflowExecutionStatus.RUNNING:
-            return None
-        try:
-            results = await handle.result(follow_runs=False)
-        except WorkflowFailureError as exc:
-            return [_failed(exc)]
-        return [Terminal("sent", replayed=bool(r["replayed"])) for r in results]
-
     async def states(self, job_ids: Sequence[str]) -> dict[str, Terminal | None]:
-        gate = asyncio.Semaphore(50)
-
-        async def one(job_id: str) -> Terminal | None:
-            async with gate:
-                terminals = await self._terminals(job_id)
-            return None if terminals is None else terminals[0]
-
-        found = await asyncio.gather(*(one(j) for j in job_ids))
-        return dict(zip(job_ids, found, strict=True))
+        out: dict[str, Terminal | None] = {}
+        for job_id in job_ids:
+            found = self._results.get(job_id)
+            out[job_id] = None if found is None else found[0]
+        return out
 
     async def deliver_twice_at_once(self, job: QueueJob) -> list[Terminal]:
         # two activities of one workflow with the same job id, at once: what Temporal does
@@ -154,12 +175,10 @@ class TemporalDriver(QueueDriver):
         self.provider.delay(job.key, 1.0)
         if not await self._start(job, copies=2):
             raise RuntimeError(f"temporal refused job {job.id}")
-        for _ in range(int(self.wait_timeout / 0.05)):
-            terminals = await self._terminals(job.id)
-            if terminals is not None:
-                return terminals
-            await asyncio.sleep(0.05)
-        raise TimeoutError(f"no answer for job {job.id}")
+        await self.wait(job.id)
+        found = self._results[job.id]
+        assert found is not None
+        return found
 
 
 def _failed(exc: BaseException) -> Terminal:
