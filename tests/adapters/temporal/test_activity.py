@@ -273,6 +273,45 @@ async def test_an_activity_id_no_ledger_can_store_fails_for_good_unsent(provider
     assert provider.stats.requests == 0
 
 
+async def test_a_heartbeat_that_raises_does_not_fail_the_send(
+    provider: MockProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = env_for(f"wf-{tag()}", "1")
+
+    def broken(*details: Any) -> None:
+        raise RuntimeError("heartbeat pipe closed")
+
+    env.on_heartbeat = broken
+    idem = adapter_for(provider)
+    async with idem:
+        result = await run(env, idem, {"user_id": "u1"}, {"to": ["a@example.com"]})
+    assert result["state"] == "sent" and provider.sends_for(result["key"]) == 1
+    assert any("could not heartbeat" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_job_id_of_the_workflows_own_is_used_and_checked(provider: MockProvider) -> None:
+    idem = adapter_for(provider)
+    env = env_for()
+    async with idem:
+        result = await run_with_id(env, idem, "order-77")
+        with pytest.raises(ApplicationError) as refused:
+            await run_with_id(env, idem, env.info.workflow_run_id or "")  # the run id as the job id
+        with pytest.raises(ApplicationError) as empty:
+            await run_with_id(env_for(), idem, "")
+    assert result["job_id"] == "order-77" and result["key"] == "welcome:u1:order-77"
+    assert refused.value.type == "RUN_ID_IN_KEY" and refused.value.non_retryable
+    assert empty.value.type == "INVALID_JOB_ID" and empty.value.non_retryable
+    assert provider.stats.requests == 1
+
+
+async def run_with_id(env: ActivityEnvironment, idem: TemporalAdapter, job_id: str) -> dict[str, Any]:
+    async def send_welcome() -> dict[str, Any]:
+        return await idem.send({"user_id": "u1"}, {"to": ["a@example.com"]}, job_id=job_id)
+
+    result: dict[str, Any] = await env.run(send_welcome)
+    return result
+
+
 async def test_job_from_temporal_reads_the_running_activity() -> None:
     env = env_for("wf-9", "4")
 

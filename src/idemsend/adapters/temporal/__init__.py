@@ -188,10 +188,16 @@ class TemporalAdapter:
                 raise to_application_error(outcome, attempt=info.attempt, next_delay=None) from error
 
     async def _heartbeat(self, info: activity.Info) -> None:
-        """Heartbeat until cancelled (the send ended)."""
+        """Heartbeat until cancelled (the send ended). A heartbeat that raises stops the
+        beating, logged, and never the send: its outcome is what the activity reports."""
         every = heartbeat_every(info.heartbeat_timeout, self.heartbeat_every)
         while True:
-            activity.heartbeat()
+            try:
+                activity.heartbeat()
+            except Exception as exc:
+                log.warning("idemsend: activity %r could not heartbeat (%s: %s); the send goes on without",
+                            info.activity_type, type(exc).__name__, exc, extra={"code": "temporal_heartbeat"})
+                return
             await asyncio.sleep(every)
 
 
