@@ -61,7 +61,7 @@ try:
     from temporalio import activity
     from temporalio.exceptions import ApplicationError
 except ImportError as exc:
-    raise MissingExtraError("temporalio", "temporal") from exc
+    raise MissingExtraError("temporal", "temporalio") from exc
 
 from ._decide import (
     ActivityFacts,

@@ -15,6 +15,7 @@ from temporalio.exceptions import ApplicationError
 
 from ..._classify import MAX_RETRY_AFTER
 from ..._errors import ConfigError
+from .._durable import step_job_id
 from .._kit import GiveUp, QueueBackoff, RetryIn, outcome_record
 
 __all__ = [
@@ -34,20 +35,11 @@ __all__ = [
 RUN_ID_FIELDS = frozenset({"run_id", "workflow_run_id", "activity_run_id", "runid"})
 
 
-def _escape(part: str) -> str:
-    """``part`` with ``%`` and ``/`` escaped, so ``/`` can join two parts unambiguously."""
-    return part.replace("%", "%25").replace("/", "%2F")
-
-
 def job_id_for(workflow_id: str | None, activity_id: str) -> str:
     """The job id of an activity: ``<workflow id>/<activity id>`` for a workflow's activity,
-    the activity id alone for a standalone one, each part with ``%`` and ``/`` escaped (so
-    no two activities share one: workflow ``a/b`` activity ``c`` is ``a%2Fb/c``, workflow
-    ``a`` activity ``b/c`` is ``a/b%2Fc``). Never the run id: it changes when the workflow
-    is retried, reset or continued-as-new, while the send it makes must not."""
-    if workflow_id is None:
-        return _escape(activity_id)
-    return f"{_escape(workflow_id)}/{_escape(activity_id)}"
+    the activity id alone for a standalone one (``idemsend.adapters.step_job_id``: each part
+    with ``%`` and ``/`` escaped, so no two activities share one). Never the run id."""
+    return step_job_id(workflow_id, activity_id)
 
 
 def check_template_fields(fields: tuple[str, ...]) -> None:
