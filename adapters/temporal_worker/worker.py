@@ -5,7 +5,9 @@ Environment: TEMPORAL_ADDRESS (host:port, default 127.0.0.1:7233), TEMPORAL_NAME
 TEMPORAL_MAX_CACHED_WORKFLOWS (the SDK's sticky cache; the harness sets 0: the Temporal test
 server never moves a dead worker's sticky workflow task back to the task queue),
 IDEMSEND_URL, IDEMSEND_API_KEY, IDEMSEND_LEDGER_URL (see idemsend.adapters.engine_from_env).
-SIGTERM or SIGINT: the worker stops taking tasks and lets running sends finish.
+TEMPORAL_GRACEFUL_SHUTDOWN (seconds, default 30). SIGTERM or SIGINT: the worker stops taking
+tasks and lets running sends finish for that long; past it, Temporal's worker cancels them
+(a cancelled send's key stays claimed, and its next attempt replays it).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from datetime import timedelta
 from typing import Any
 
 from temporalio import activity
@@ -46,6 +49,7 @@ async def main() -> None:
         client, task_queue=os.environ.get("TEMPORAL_TASK_QUEUE", "emails"), workflows=[SendEmail],
         activities=[send_email], max_concurrent_activities=int(os.environ.get("TEMPORAL_MAX_CONCURRENT", "100")),
         max_cached_workflows=int(os.environ.get("TEMPORAL_MAX_CACHED_WORKFLOWS", "1000")),
+        graceful_shutdown_timeout=timedelta(seconds=float(os.environ.get("TEMPORAL_GRACEFUL_SHUTDOWN", "30"))),
     )
     async with idem, worker:  # one Engine per worker process; closed after the worker drains
         print("temporal worker ready", flush=True)

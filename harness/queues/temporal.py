@@ -63,6 +63,8 @@ class TemporalDriver(QueueDriver):
             # no sticky workflow cache: the test server never hands a SIGKILLed worker's
             # sticky workflow task back to the task queue (a real server does, after 5 s)
             "TEMPORAL_MAX_CACHED_WORKFLOWS": "0",
+            # a stopped worker lets its sends finish, within the 15 s stop() waits before SIGKILL
+            "TEMPORAL_GRACEFUL_SHUTDOWN": "10",
         })
         self.client: Any = None
         self.server: subprocess.Popen[bytes] | None = None
