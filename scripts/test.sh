@@ -3,7 +3,7 @@
 #   1. ruff and mypy --strict,
 #   2. the main suite in .venv (engine, ledgers, arq, RQ, QStash: redis-py 5),
 #   3. every environment that cannot share .venv (noxfile.py: the API reference site,
-#      redis-py lowest and newest, Postgres, OpenTelemetry, SQS, BullMQ, Celery), each in
+#      redis-py lowest and newest, Postgres, OpenTelemetry, SQS, BullMQ, Celery, Temporal), each in
 #      its own virtualenv,
 #   4. one conformance table from every environment's columns.
 # Arguments go to the main pytest run; IDEMSEND_SESSIONS="sqs bullmq" picks nox sessions
@@ -29,7 +29,7 @@ export IDEMSEND_CONFORMANCE_DIR="$results"
 status=0
 .venv/bin/pytest "$@" || status=$?
 
-sessions=${IDEMSEND_SESSIONS:-"docs redis_lowest redis_newest postgres otel sqs nats bullmq celery dramatiq"}
+sessions=${IDEMSEND_SESSIONS:-"docs redis_lowest redis_newest postgres otel sqs nats bullmq celery dramatiq temporal"}
 if [ "$sessions" != none ]; then
   for session in $sessions; do
     echo "== nox -s $session" >&2

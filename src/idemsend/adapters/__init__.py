@@ -31,6 +31,7 @@ from ._common import (
     result_dict,
     whole_seconds,
 )
+from ._durable import step_job_id
 from ._kit import (
     GiveUp,
     JobOutcome,
@@ -57,5 +58,6 @@ __all__ = [
     "outcome_record",
     "result_dict",
     "run_job",
+    "step_job_id",
     "whole_seconds",
 ]
