@@ -107,6 +107,7 @@ def dramatiq(session: nox.Session) -> None:
     _pytest(session, "tests/adapters/dramatiq", *QUEUE_TESTS)
 
 
+@nox.session(python=PYTHON)
 def temporal(session: nox.Session) -> None:
     """The Temporal activity adapter: activities run under temporalio's ActivityEnvironment
     against the MockProvider and real ledgers, and real workflows on the Temporal test
