@@ -164,7 +164,7 @@ class LedgerGuard:
         earlier = send.earlier_may_have_run
         if not self._started:
             try:
-                await self._call(key, "start", self._start(), observer)
+                await self._call(key, "start", self._start(), observer, earlier=earlier)
             except ConfigError as exc:
                 # The store is unfit (it evicts). Nothing is sent; the job is not failed for
                 # good over a setting an operator can fix: it retries, and says why.

@@ -416,6 +416,22 @@ async def test_a_ledger_outage_leaves_the_delay_to_the_queue_backoff() -> None:
     assert sum(delays) >= QueueBackoff().span(10) >= 300  # ten tries ride out five minutes
 
 
+
+@pytest.mark.parametrize(("attempt", "maybe_sent"), [(1, False), (2, True), (None, True)])
+async def test_a_ledger_down_since_start_says_maybe_sent_only_when_an_earlier_delivery_may_have(
+    attempt: int | None, maybe_sent: bool
+) -> None:
+    # The ledger could not be checked at start, so the first send checks it again and finds
+    # it still down: nothing was sent by this call, and on the queue's first delivery nothing
+    # was sent at all (it said "may have been sent" here before).
+    ledger = RedisLedger.from_url(f"redis://127.0.0.1:{free_port()}", socket_timeout=1.0)
+    async with MockProvider() as p, Engine(p.emails_url, key=KEY, api_key=p.api_key, ledger=ledger) as e:
+        with pytest.raises(RetryableError) as info:
+            await e.send(job(), BODY, attempt=attempt)
+        assert p.stats.requests == 0
+    assert info.value.reason == "ledger" and info.value.maybe_sent is maybe_sent
+    assert ("an earlier call or delivery may have sent it" in str(info.value)) is maybe_sent
+
 # -- 7. a ledger that forgets mid-send -----------------------------------------------------------
 
 
