@@ -31,23 +31,45 @@ def moto_env() -> None:
 
 def table_url(endpoint: str, table: str | None = None, **params: str) -> str:
     """A ``dynamodb://`` URL on moto at ``endpoint``, a table of its own by default."""
-    table = table or f"t-{uuid.uuid4().hex[:12]}"
+    table = table or new_table()
     extra = "".join(f"&{k}={v}" for k, v in params.items())
     return f"dynamodb://{table}?region={REGION}&endpoint_url={endpoint}{extra}"
 
 
+def new_table() -> str:
+    """A table name of a test's own."""
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
 class OwnMoto:
     """A moto server of one test's own, with the ``Store`` server methods: moto keeps
-    everything in memory, so a restart (or a kill) loses every record."""
+    everything in memory, so a restart (or a kill) loses every record. It loses the
+    tables too, which DynamoDB never does: ``start`` makes ``tables`` again, as the
+    ledger's ``migrate`` would (a string key ``pk``, TTL on ``ttl``), records lost."""
 
     def __init__(self) -> None:
         from harness.queues.sqs import MotoServer
 
         self.moto = MotoServer()
         self.url = self.moto.url
+        self.tables: list[str] = []
 
     def start(self) -> OwnMoto:
         self.moto.start()
+        if self.tables:
+            import boto3
+
+            from harness.queues.sqs import CREDENTIALS
+            from idemsend.ledger._dynamodb._schema import TTL_ATTRIBUTE, create_request
+
+            db = boto3.client("dynamodb", region_name=REGION, endpoint_url=self.url, **CREDENTIALS)
+            try:
+                for table in self.tables:
+                    db.create_table(**create_request(table))
+                    db.update_time_to_live(TableName=table, TimeToLiveSpecification={
+                        "Enabled": True, "AttributeName": TTL_ATTRIBUTE})
+            finally:
+                db.close()
         return self
 
     def stop(self) -> None:

@@ -35,7 +35,7 @@ import pytest
 from idemsend.ledger import Ledger, ledger_from_url
 from idemsend.testing import PostgresServer, RedisServer
 
-from ._dynamodb import HAVE_DYNAMODB, OwnMoto, moto_env, table_url
+from ._dynamodb import HAVE_DYNAMODB, OwnMoto, moto_env, new_table, table_url
 
 #: Whether the Postgres ledger can run here (its client library is installed).
 HAVE_ASYNCPG = importlib.util.find_spec("asyncpg") is not None
@@ -187,8 +187,10 @@ def _make_own(kind: str, persistent: bool) -> Store:
         if persistent:
             pytest.skip("moto keeps its tables in memory: no DynamoDB here survives a restart")
         moto_env()
-        moto = OwnMoto().start()
-        return Store("dynamodb", table_url(moto.url), server=moto)
+        moto = OwnMoto()
+        moto.tables.append(new_table())  # made at every start, the first too
+        moto.start()
+        return Store("dynamodb", table_url(moto.url, moto.tables[0]), server=moto)
     raise AssertionError(kind)
 
 
