@@ -92,7 +92,7 @@ async def test_a_table_without_ttl_is_refused_at_start(moto_url: str, table: str
         )
         ledger = make(moto_url, table)
         try:
-            with pytest.raises(ConfigError, match="its TTL is DISABLED, not ENABLED on 'ttl'.*update-time-to-live"):
+            with pytest.raises(ConfigError, match=r"its TTL is DISABLED, not ENABLED on 'ttl'.*update-time-to-live"):
                 await ledger.start()
             # migrate turns it on, and then the same table is fit
             await ledger.migrate()

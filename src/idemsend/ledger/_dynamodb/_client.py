@@ -108,7 +108,7 @@ class Client:
         self.calls[op] += 1
         try:
             answer: dict[str, Any] = await getattr(client, op)(**request)
-        except (BotoCoreError, ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, BotoCoreError, ClientError, OSError) as exc:
             raise self.fail(exc) from None
         return answer
 
@@ -123,7 +123,7 @@ class Client:
                 item = exc.response.get("Item")
                 return False, item if item else None, {}
             raise self.fail(exc) from None
-        except (BotoCoreError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, BotoCoreError, OSError) as exc:
             raise self.fail(exc) from None
         return True, None, answer
 

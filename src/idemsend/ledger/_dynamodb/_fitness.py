@@ -85,7 +85,9 @@ async def check(
         if error_code(exc) != "ResourceNotFoundException":
             raise client.fail(exc, f"could not read the ledger table {table}: ") from None
         if not create_table:
-            raise ConfigError(f"the ledger table {table} does not exist at {client.where}: {migrate_hint(table)}")
+            raise ConfigError(
+                f"the ledger table {table} does not exist at {client.where}: {migrate_hint(table)}"
+            ) from None
         await migrate()
     ttl = await client.call("describe_time_to_live", TableName=table)
     sent = clock()

@@ -9,7 +9,13 @@ from typing import Any
 from ..._errors import ConfigError
 from ..._keys import validate_job_id
 from .._base import (
-    DEFAULT_RETENTION, Claimed, ClaimResult, LedgerRecord, LedgerUnavailableError, SettleResult, Unstable,
+    DEFAULT_RETENTION,
+    Claimed,
+    ClaimResult,
+    LedgerRecord,
+    LedgerUnavailableError,
+    SettleResult,
+    Unstable,
 )
 from .._records import encode_response, malformed
 from . import _expressions as ex
