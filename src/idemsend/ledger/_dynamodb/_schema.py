@@ -34,9 +34,13 @@ def validate_table(table: str) -> str:
 
 
 def validate_prefix(prefix: str) -> str:
-    """``prefix`` if it can namespace the ledger's items (non-empty, no ``#``), else ``ConfigError``."""
-    if not isinstance(prefix, str) or not prefix or "#" in prefix:
-        raise ConfigError(f"a DynamoDBLedger prefix is a non-empty string without '#', got {prefix!r}")
+    """``prefix`` if it can namespace the ledger's items (non-empty, no ``#``, at most 200
+    characters: a key of 255 characters or a job id of 1,024 bytes after it stays within
+    DynamoDB's 2,048-byte partition key), else ``ConfigError``."""
+    if not isinstance(prefix, str) or not prefix or "#" in prefix or len(prefix) > 200:
+        raise ConfigError(
+            f"a DynamoDBLedger prefix is a non-empty string without '#', at most 200 characters, got {prefix!r}"
+        )
     return prefix
 
 
