@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from idemsend.ledger import Ledger, ledger_from_url
+from idemsend.ledger import Busy, Claimed, Done, Ledger, LedgerUnavailableError, ledger_from_url
 from idemsend.testing.ledger_contract import Backdate, LedgerContract, MakeLedger, StoreAction
 
 from ._dynamodb import HAVE_DYNAMODB, NO_DYNAMODB, REGION, OwnMoto, client, moto_env
@@ -112,3 +112,84 @@ class TestDynamoDBLedger(LedgerContract):
             await _backdate(endpoint, table, "idemsend", key, seconds)
 
         return backdate
+
+
+# -- beyond the contract ---------------------------------------------------------------------
+
+
+@pytest.fixture
+async def own_table(moto_url: str) -> AsyncIterator[str]:
+    table = f"t-{uuid.uuid4().hex[:12]}"
+    maker = _ledger(moto_url, table)
+    await maker.migrate()
+    await maker.aclose()
+    yield table
+    async with client(moto_url) as db:
+        await db.delete_table(TableName=table)
+
+
+@pytest.mark.anyio
+async def test_an_expired_item_still_in_the_table_is_absent(moto_url: str, own_table: str) -> None:
+    """moto never sweeps (DynamoDB sweeps lazily): the expired item is still there, and the
+    ledger treats it as absent by its own ``exp``: get is None, settlements say missing,
+    a claim is fresh, with the new body."""
+    import asyncio
+
+    ledger = _ledger(moto_url, own_table, retention=0.3)
+    try:
+        first = await ledger.claim(key="k", job_id="j", payload=P1, fingerprint=F1, token="t", lease=30)
+        assert isinstance(first, Claimed)
+        await asyncio.sleep(0.5)
+        async with client(moto_url) as db:
+            raw = await db.get_item(TableName=own_table, Key={"pk": {"S": "idemsend#r#k"}}, ConsistentRead=True)
+        assert "Item" in raw  # not swept
+        assert await ledger.get("k") is None
+        assert await ledger.renew(key="k", token="t", lease=30) == "missing"
+        again = await ledger.claim(key="k", job_id="j2", payload=b"{}", fingerprint="f2", token="t2", lease=30)
+        assert isinstance(again, Claimed) and again.fresh and again.payload == b"{}"
+    finally:
+        await ledger.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_body_over_the_item_limit_is_unavailable_and_names_the_store(
+    moto_url: str, own_table: str
+) -> None:
+    ledger = _ledger(moto_url, own_table, config={"retries": {"max_attempts": 1}})
+    try:
+        with pytest.raises(LedgerUnavailableError, match="ValidationException.*size"):
+            await ledger.claim(key="big", job_id="j", payload=b"x" * 420_000, fingerprint=F1, token="t", lease=30)
+        assert await ledger.get("big") is None
+    finally:
+        await ledger.aclose()
+
+
+@pytest.mark.anyio
+async def test_calls_per_completed_send(moto_url: str, own_table: str) -> None:
+    """What benchmarks/memory.py reports, held here: a fresh claim is two PutItem (the
+    note, the record), a completion one UpdateItem; a replay one refused PutItem more."""
+    ledger = _ledger(moto_url, own_table)
+    try:
+        await ledger.claim(key="k", job_id="j", payload=P1, fingerprint=F1, token="t", lease=30)
+        assert await ledger.complete(key="k", token="t", response={"id": "em"}) == "ok"
+        assert dict(ledger.calls) == {"put_item": 2, "update_item": 1}
+        replay = await ledger.claim(key="k", job_id="j", payload=P1, fingerprint=F1, token="t2", lease=30)
+        assert replay == Done({"id": "em"}, F1) and dict(ledger.calls) == {"put_item": 4, "update_item": 1}
+    finally:
+        await ledger.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_busy_claim_never_writes_the_record(moto_url: str, own_table: str) -> None:
+    """A claim refused as Busy changed nothing: the holder's lease and token are intact."""
+    ledger = _ledger(moto_url, own_table)
+    try:
+        await ledger.claim(key="k", job_id="j", payload=P1, fingerprint=F1, token="t1", lease=30)
+        before = await ledger.get("k")
+        busy = await ledger.claim(key="k", job_id="j", payload=P1, fingerprint=F1, token="t2", lease=30)
+        assert isinstance(busy, Busy)
+        assert await ledger.get("k") == before
+        assert await ledger.renew(key="k", token="t1", lease=30) == "ok"
+        assert await ledger.renew(key="k", token="t2", lease=30) == "superseded"
+    finally:
+        await ledger.aclose()
