@@ -157,7 +157,7 @@ async def test_a_body_over_the_item_limit_is_unavailable_and_names_the_store(
 ) -> None:
     ledger = _ledger(moto_url, own_table, config={"retries": {"max_attempts": 1}})
     try:
-        with pytest.raises(LedgerUnavailableError, match="ValidationException.*size"):
+        with pytest.raises(LedgerUnavailableError, match=r"ValidationException.*size"):
             await ledger.claim(key="big", job_id="j", payload=b"x" * 420_000, fingerprint=F1, token="t", lease=30)
         assert await ledger.get("big") is None
     finally:
@@ -191,5 +191,24 @@ async def test_a_busy_claim_never_writes_the_record(moto_url: str, own_table: st
         assert await ledger.get("k") == before
         assert await ledger.renew(key="k", token="t1", lease=30) == "ok"
         assert await ledger.renew(key="k", token="t2", lease=30) == "superseded"
+    finally:
+        await ledger.aclose()
+
+
+@pytest.mark.anyio
+async def test_keys_and_job_ids_that_look_like_item_names_stay_apart(moto_url: str, own_table: str) -> None:
+    """A key holding the separators (``#j#``, ``#r#``), or non-ASCII, never meets another
+    key's item or a job id's note: the prefix has no ``#``, so the first one after it says
+    which kind of item it is."""
+    ledger = _ledger(moto_url, own_table, prefix="p")
+    try:
+        tricky = ["a#j#b", "#r#", "j#x", "ключ:é:😀", "a"]
+        for i, key in enumerate(tricky):
+            claim = await ledger.claim(key=key, job_id=f"a#j#b{i}" if i else key, payload=P1, fingerprint=F1,
+                                       token=f"t{i}", lease=30)
+            assert isinstance(claim, Claimed) and claim.fresh, (key, claim)
+        for i, key in enumerate(tricky):
+            record = await ledger.get(key)
+            assert record is not None and record.key == key and record.job_id == (f"a#j#b{i}" if i else key)
     finally:
         await ledger.aclose()
