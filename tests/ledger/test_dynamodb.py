@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from idemsend import ConfigError
 from idemsend.ledger import Busy, Claimed, Done, Ledger, LedgerUnavailableError, ledger_from_url
 from idemsend.testing.ledger_contract import Backdate, LedgerContract, MakeLedger, StoreAction
 
@@ -210,5 +211,24 @@ async def test_keys_and_job_ids_that_look_like_item_names_stay_apart(moto_url: s
         for i, key in enumerate(tricky):
             record = await ledger.get(key)
             assert record is not None and record.key == key and record.job_id == (f"a#j#b{i}" if i else key)
+    finally:
+        await ledger.aclose()
+
+
+@pytest.mark.anyio
+async def test_the_longest_key_of_4_byte_characters_is_stored_and_longer_providers_refused(
+    moto_url: str, own_table: str
+) -> None:
+    from idemsend import Engine, Provider
+
+    ledger = _ledger(moto_url, own_table)
+    try:
+        assert ledger.max_key_length == (2048 - len("idemsend#r#")) // 4
+        key = "😀" * ledger.max_key_length  # 4 bytes each in UTF-8
+        claim = await ledger.claim(key=key, job_id="j", payload=P1, fingerprint=F1, token="t", lease=30)
+        assert isinstance(claim, Claimed) and await ledger.complete(key=key, token="t", response={"id": "x"}) == "ok"
+        with pytest.raises(ConfigError, match=rf"allows keys of 4096 characters.*at most {ledger.max_key_length}"):
+            Engine("https://api.example.com/v1/emails", key="welcome:{job_id}", ledger=ledger,
+                   provider=Provider(max_key_length=4096))
     finally:
         await ledger.aclose()

@@ -55,6 +55,11 @@ class DynamoDBLedger:
     meets a record decides from it without a read. No group commit: ``BatchWriteItem``
     takes no conditions. Store failures (the endpoint down, a throttled table once
     botocore's retries are spent) raise ``LedgerUnavailableError``.
+
+    Keys are at most ``max_key_length`` characters: the partition key holds 2,048 bytes,
+    and ``<prefix>#r#<key>`` must fit even when every character takes 4 bytes in UTF-8
+    (509 characters with the default prefix); ``Engine`` refuses a provider that allows
+    longer ones. The frozen body is at most about 400 KB (DynamoDB's item limit).
     """
 
     def __init__(
@@ -77,6 +82,8 @@ class DynamoDBLedger:
             raise ConfigError(f"max_skew must be > 0, got {max_skew!r}")
         self.table = validate_table(table)
         self.prefix = validate_prefix(prefix)
+        #: The longest key (characters) the ledger stores, whatever the characters.
+        self.max_key_length = (2048 - len(f"{self.prefix}#r#".encode())) // 4
         self.retention = retention
         self.create_table = create_table
         self.clock = clock
