@@ -7,6 +7,7 @@ also shows that the ledger reads expiry from the item itself."""
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from idemsend import ConfigError
-from idemsend.ledger import Busy, Claimed, Done, Ledger, LedgerUnavailableError, ledger_from_url
+from idemsend.ledger import DEFAULT_RETENTION, Busy, Claimed, Done, Ledger, LedgerUnavailableError, ledger_from_url
 from idemsend.testing.ledger_contract import Backdate, LedgerContract, MakeLedger, StoreAction
 
 from ._dynamodb import HAVE_DYNAMODB, NO_DYNAMODB, REGION, OwnMoto, client, moto_env
@@ -30,12 +31,19 @@ def _ledger(endpoint: str, table: str, **options: Any) -> Any:
     return DynamoDBLedger(table, region=REGION, endpoint_url=endpoint, **options)
 
 
-async def _scan_delete(endpoint: str, table: str) -> None:
+async def _scan_delete(endpoint: str, table: str, before: float) -> None:
+    """Lose every item written before ``before`` (the moment the store "loses everything",
+    as FLUSHALL does), however long the scan takes: an item's ``exp`` is its last write
+    plus the retention, so only items with ``exp <= before + retention`` go, each on that
+    condition; a record a ledger writes meanwhile (a completion written anew) stays."""
     async with client(endpoint) as db:
-        pages = db.get_paginator("scan").paginate(TableName=table, ProjectionExpression="pk")
+        pages = db.get_paginator("scan").paginate(TableName=table, ConsistentRead=True)
         async for page in pages:
             for item in page.get("Items", []):
-                await db.delete_item(TableName=table, Key={"pk": item["pk"]})
+                with contextlib.suppress(db.exceptions.ConditionalCheckFailedException):
+                    await db.delete_item(TableName=table, Key={"pk": item["pk"]},
+                                         ConditionExpression="exp <= :before",
+                                         ExpressionAttributeValues={":before": {"N": repr(before)}})
 
 
 async def _backdate(endpoint: str, table: str, prefix: str, key: str, seconds: float) -> None:
@@ -92,8 +100,8 @@ class TestDynamoDBLedger(LedgerContract):
 
     @pytest.fixture
     def store_forget(self, endpoint: str, table: str) -> StoreAction:
-        async def forget() -> None:
-            await _scan_delete(endpoint, table)
+        async def forget() -> None:  # the contract's ledgers keep the default retention
+            await _scan_delete(endpoint, table, time.time() + DEFAULT_RETENTION)
 
         return forget
 
