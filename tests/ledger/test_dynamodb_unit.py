@@ -16,7 +16,7 @@ from idemsend.ledger import Busy, Claimed, Conflict, Done, Failed, LedgerUnavail
 
 from ._dynamodb import HAVE_DYNAMODB, NO_DYNAMODB, REGION, client
 
-pytestmark = [pytest.mark.skipif(not HAVE_DYNAMODB, reason=NO_DYNAMODB)]
+pytestmark = [pytest.mark.dynamodb, pytest.mark.skipif(not HAVE_DYNAMODB, reason=NO_DYNAMODB)]
 
 NOW = 1_800_000_000.0
 
