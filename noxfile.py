@@ -66,6 +66,15 @@ def postgres(session: nox.Session) -> None:
     _pytest(session, "tests/ledger", "tests/system/test_chaos.py", "tests/adapters/qstash", "-m", "postgres")
 
 
+@nox.session(python=PYTHON)
+def dynamodb(session: nox.Session) -> None:
+    """The DynamoDBLedger against moto's server (no cloud): the ledger contract, the table
+    checks, throttling and lost replies through a proxy, the process and SIGKILL tests, the
+    small chaos run with arq workers whose ledger is DynamoDB."""
+    session.install("-e", ".[dynamodb,redis,arq,test]", "moto[server]", "boto3")
+    _pytest(session, "tests/ledger", "tests/system/test_chaos.py", "-m", "dynamodb")
+
+
 # The queue integrations. Each runs its own tests, the conformance suite (its column) and
 # the small chaos run, with only its own queue library installed.
 QUEUE_TESTS = ("tests/adapters/test_conformance.py", "tests/system/test_chaos.py", "tests/unit/test_readme.py")

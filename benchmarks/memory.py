@@ -3,6 +3,8 @@
   python memory.py redis    --sends 100000 [--redis URL]   (a throwaway Redis when no URL)
   python memory.py memory   --sends 100000
   python memory.py postgres --sends 20000 [--dsn DSN]      (needs asyncpg; a throwaway server when no DSN)
+  python memory.py dynamodb --sends 2000 [--endpoint URL]  (needs idemsend[dynamodb] and moto[server]:
+                                                           moto's server when no endpoint; nox -s dynamodb's venv)
 
 Each run makes ``--sends`` completed sends the way the engine does (claim, then complete
 with the record the engine writes: id, status and the provider's response, here the
@@ -14,6 +16,11 @@ MockProvider's 66-byte answer), with the benchmark's key and job id shapes, and 
 * memory: tracemalloc's bytes still allocated per send.
 * postgres: ``pg_total_relation_size`` of the ledger's tables (rows, indexes, TOAST) per
   send, as written and after ``VACUUM FULL`` (live rows only).
+* dynamodb: the items' size as DynamoDB counts it for storage and write units (attribute
+  names and values in UTF-8, numbers by their digits; ``dynamo_item_bytes``) per send, read
+  back with a Scan, plus the 100 bytes per item DynamoDB adds for storage; and the requests
+  per completed send (the ledger's ``calls``), each a write of at most 1 KB here: one write
+  unit each (a write's units are its larger item, before or after, in 1 KB steps).
 """
 
 from __future__ import annotations
@@ -123,14 +130,75 @@ async def postgres_bytes(args: argparse.Namespace) -> dict[str, Any]:
             "bytes_per_send_as_written": written / args.sends}
 
 
+def dynamo_item_bytes(item: dict[str, Any]) -> int:
+    """An item's size as DynamoDB counts it: each attribute's name (UTF-8) plus its value:
+    a string's UTF-8 bytes, a binary's bytes, a number's significant digits / 2 + 1."""
+    total = 0
+    for name, value in item.items():
+        total += len(name.encode())
+        [(kind, raw)] = value.items()
+        if kind == "S":
+            total += len(raw.encode())
+        elif kind == "B":
+            total += len(raw)
+        elif kind == "N":
+            digits = raw.lstrip("-").replace(".", "").lstrip("0").rstrip("0") or "0"
+            total += (len(digits) + 1) // 2 + 1
+        else:  # pragma: no cover - the ledger writes only S, B and N
+            raise ValueError(f"unsized attribute type {kind}")
+    return total
+
+
+async def dynamodb_bytes(args: argparse.Namespace) -> dict[str, Any]:
+    import os
+
+    from aiobotocore.session import get_session
+
+    from idemsend.ledger import DynamoDBLedger
+
+    moto = None
+    if not args.endpoint:
+        sys.path.insert(0, str(HERE.parent))
+        from harness.queues.sqs import CREDENTIALS, MotoServer
+
+        for name, value in (("AWS_ACCESS_KEY_ID", CREDENTIALS["aws_access_key_id"]),
+                            ("AWS_SECRET_ACCESS_KEY", CREDENTIALS["aws_secret_access_key"])):
+            os.environ.setdefault(name, value)
+        moto = MotoServer().start()
+    endpoint = args.endpoint or moto.url  # type: ignore[union-attr]
+    table = f"bench-{uuid.uuid4().hex[:8]}"
+    try:
+        ledger = DynamoDBLedger(table, region="us-east-1", endpoint_url=endpoint, create_table=True)
+        await ledger.start()
+        before = sum(ledger.calls.values())
+        await fill(ledger, uuid.uuid4().hex[:10], args.sends, chunk=50)
+        calls = {op: n for op, n in ledger.calls.items()}
+        requests = sum(calls.values()) - before
+        await ledger.aclose()
+        sizes: list[int] = []
+        async with get_session().create_client("dynamodb", region_name="us-east-1", endpoint_url=endpoint) as db:
+            async for page in db.get_paginator("scan").paginate(TableName=table):
+                sizes.extend(dynamo_item_bytes(item) for item in page.get("Items", []))
+            await db.delete_table(TableName=table)
+    finally:
+        if moto is not None:
+            moto.stop()
+    return {"ledger": "dynamodb", "sends": args.sends, "bytes_per_send": sum(sizes) / args.sends,
+            "stored_bytes_per_send": (sum(sizes) + 100 * len(sizes)) / args.sends,
+            "items_per_send": len(sizes) / args.sends, "largest_item": max(sizes),
+            "requests_per_send": requests / args.sends, "calls": calls}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("ledger", choices=["redis", "memory", "postgres"])
+    ap.add_argument("ledger", choices=["redis", "memory", "postgres", "dynamodb"])
     ap.add_argument("--sends", type=int, default=100_000)
     ap.add_argument("--redis", default="")
     ap.add_argument("--dsn", default="")
+    ap.add_argument("--endpoint", default="", help="dynamodb: the endpoint (moto's server is started when none)")
     args = ap.parse_args()
-    runner = {"redis": redis_bytes, "memory": memory_bytes, "postgres": postgres_bytes}[args.ledger]
+    runner = {"redis": redis_bytes, "memory": memory_bytes, "postgres": postgres_bytes,
+              "dynamodb": dynamodb_bytes}[args.ledger]
     print(json.dumps(asyncio.run(runner(args))), flush=True)
 
 

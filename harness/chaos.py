@@ -47,7 +47,7 @@ class ChaosReport:
     redis_restarts: int = 0
     ledger_restarts: int = 0
     broker_restarts: int = 0  # the queue's own server, where the driver runs one (restart_broker)
-    ledger_done: int | None = None  # done records in a PostgreSQL ledger at the end (None: not Postgres)
+    ledger_done: int | None = None  # done records in a PostgreSQL/DynamoDB ledger at the end (None: neither)
     worker_restarts: int = 0
     provider_requests: int = 0
     provider_sends: int = 0
@@ -97,7 +97,7 @@ def table(reports: list[ChaosReport]) -> str:
         ("Redis restarts", lambda r: r.redis_restarts),
         ("broker restarts (the driver's own server)", lambda r: r.broker_restarts),
         ("ledger PostgreSQL crashes (SIGKILL, restart)", lambda r: r.ledger_restarts),
-        ("done records in the PostgreSQL ledger", lambda r: "—" if r.ledger_done is None else r.ledger_done),
+        ("done records in the PostgreSQL/DynamoDB ledger", lambda r: "—" if r.ledger_done is None else r.ledger_done),
         ("faults injected", lambda r: ", ".join(f"{k} {v}" for k, v in sorted(r.faults.items()))),
         ("provider requests", lambda r: r.provider_requests), ("provider sends", lambda r: r.provider_sends),
         ("double sends", lambda r: r.double_sends), ("jobs sent", lambda r: r.sent),
@@ -249,9 +249,56 @@ class _Tables:
             await conn.close()
 
 
+class _DynamoTable(_Tables):
+    """The DynamoDB table a run's ``dynamodb://`` ledger uses: made before the workers start
+    (with TTL on), its done records counted (the run's prefix), and deleted after."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        super().__init__(url, None)
+        self.prefix = prefix
+
+    async def done_records(self) -> int | None:
+        from idemsend.ledger import DynamoDBLedger, ledger_from_url
+
+        made = ledger_from_url(str(self.url), prefix=self.prefix)
+        assert isinstance(made, DynamoDBLedger)
+        try:
+            db = await made.db.client()
+            count = 0
+            async for page in db.get_paginator("scan").paginate(
+                TableName=made.table, FilterExpression="begins_with(pk, :p) AND st = :done",
+                ExpressionAttributeValues={":p": {"S": f"{self.prefix}#r#"}, ":done": {"S": "done"}},
+                Select="COUNT", ConsistentRead=True,
+            ):
+                count += int(page.get("Count", 0))
+            return count
+        finally:
+            await made.aclose()
+
+    async def drop(self) -> None:
+        from idemsend.ledger import DynamoDBLedger, ledger_from_url
+
+        made = ledger_from_url(str(self.url), prefix=self.prefix)
+        assert isinstance(made, DynamoDBLedger)
+        try:
+            await (await made.db.client()).delete_table(TableName=made.table)
+        finally:
+            await made.aclose()
+
+
 async def _own_tables(ledger: str | None, prefix: str) -> _Tables:
     """Make the tables of the run's Postgres ledger (the workers' ``IDEMSEND_LEDGER_PREFIX``
-    names them) before any worker starts: workers do not create tables."""
+    names them), or its DynamoDB table, before any worker starts: workers do not create
+    tables."""
+    if ledger is not None and ledger.startswith("dynamodb://"):
+        from idemsend.ledger import ledger_from_url
+
+        made = ledger_from_url(ledger, prefix=prefix)
+        try:
+            await made.migrate()  # type: ignore[attr-defined]
+        finally:
+            await made.aclose()
+        return _DynamoTable(ledger, prefix)
     if ledger is None or not ledger.startswith(("postgresql://", "postgres://")):
         return _Tables()
     from idemsend.adapters.qstash import PostgresReplayGuard
@@ -385,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the workers' ledger (default: the run's own Redis, restarted mid-run); e.g."
         " postgresql://postgres@127.0.0.1:5432/postgres gets tables of the run's own;"
         f" {OWN_POSTGRES}: a throwaway PostgreSQL, SIGKILLed and restarted mid-run"
-        " (pip install 'idemsend[postgres]')",
+        " (pip install 'idemsend[postgres]'); dynamodb://TABLE?region=...&endpoint_url=... gets that"
+        " table made for the run (with TTL on) and deleted after (pip install 'idemsend[dynamodb]')",
     )
     parser.add_argument("--quiet", action="store_true")
     return parser

@@ -29,7 +29,7 @@ export IDEMSEND_CONFORMANCE_DIR="$results"
 status=0
 .venv/bin/pytest "$@" || status=$?
 
-sessions=${IDEMSEND_SESSIONS:-"docs redis_lowest redis_newest postgres otel sqs nats bullmq celery dramatiq temporal"}
+sessions=${IDEMSEND_SESSIONS:-"docs redis_lowest redis_newest postgres dynamodb otel sqs nats bullmq celery dramatiq temporal"}
 if [ "$sessions" != none ]; then
   for session in $sessions; do
     echo "== nox -s $session" >&2

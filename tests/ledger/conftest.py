@@ -35,13 +35,15 @@ import pytest
 from idemsend.ledger import Ledger, ledger_from_url
 from idemsend.testing import PostgresServer, RedisServer
 
+from ._dynamodb import HAVE_DYNAMODB, OwnMoto, moto_env, new_table, table_url
+
 #: Whether the Postgres ledger can run here (its client library is installed).
 HAVE_ASYNCPG = importlib.util.find_spec("asyncpg") is not None
 NO_ASYNCPG = "asyncpg is not installed: pip install 'idemsend[postgres]' (nox -s postgres)"
 
 #: The stores the process tests run on (pytest ids; "redis" also gets the `redis` marker,
-#: "postgres" the `postgres` marker).
-STORES = ["redis", "postgres"] if HAVE_ASYNCPG else ["redis"]
+#: "postgres" the `postgres` marker, "dynamodb" the `dynamodb` marker: moto's server).
+STORES = (["redis", "postgres"] if HAVE_ASYNCPG else ["redis"]) + (["dynamodb"] if HAVE_DYNAMODB else [])
 #: The same for the shared servers, where PostgreSQL runs on a C and an en-US database.
 SHARED_STORES = [*STORES, "postgres-en-US"] if HAVE_ASYNCPG else STORES
 
@@ -112,13 +114,18 @@ class Store:
             if "socket_timeout" in options:
                 options["timeout"] = options.pop("socket_timeout")
             options.setdefault("create_table", True)
+        if self.kind == "dynamodb":
+            if "socket_timeout" in options:
+                timeout = options.pop("socket_timeout")
+                options["config"] = {"connect_timeout": timeout, "read_timeout": timeout}
+            options.setdefault("create_table", True)
         return ledger_from_url(self.url, prefix=prefix, **options)
 
     def worker_args(self) -> list[str]:
         """tests/workers/send_jobs.py's flags for this store."""
         if self.kind == "redis":
             return ["--redis", self.url]
-        return ["--ledger", with_params(self.url, create_table="true")]
+        return ["--ledger", with_params(self.url, create_table="true")]  # dynamodb:// takes it too
 
     def _owned(self) -> _Server:
         if self.server is None:
@@ -162,6 +169,8 @@ def _make_shared(kind: str, request: pytest.FixtureRequest) -> Store:
     if kind in ("postgres", "postgres-en-US"):
         databases: PostgresDatabases = request.getfixturevalue("postgres_databases")
         return Store("postgres", databases.store_url("C" if kind == "postgres" else "en-US"))
+    if kind == "dynamodb":
+        return Store("dynamodb", table_url(request.getfixturevalue("moto_url")))
     raise AssertionError(kind)
 
 
@@ -174,6 +183,14 @@ def _make_own(kind: str, persistent: bool) -> Store:
         if not persistent:
             run_sync(pg_execute(pg.dsn, unlogged_tables("idemsend_ledger")))
         return Store("postgres", pg.dsn, persistent=persistent, server=pg)
+    if kind == "dynamodb":
+        if persistent:
+            pytest.skip("moto keeps its tables in memory: no DynamoDB here survives a restart")
+        moto_env()
+        moto = OwnMoto()
+        moto.tables.append(new_table())  # made at every start, the first too
+        moto.start()
+        return Store("dynamodb", table_url(moto.url, moto.tables[0]), server=moto)
     raise AssertionError(kind)
 
 
@@ -399,11 +416,26 @@ def postgres_store_url(postgres_databases: PostgresDatabases, postgres_collation
     return postgres_databases.store_url(postgres_collation)
 
 
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    """The session's moto server (DynamoDB and every other service), on a loopback port."""
+    if not HAVE_DYNAMODB:
+        pytest.skip("the DynamoDB ledger's tests need aiobotocore and moto[server]: nox -s dynamodb")
+    from harness.queues.sqs import MotoServer
+
+    moto_env()
+    with MotoServer() as moto:
+        yield moto.url
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that run over PostgreSQL get the ``postgres`` marker (``-m postgres``)."""
+    """Tests that run over PostgreSQL get the ``postgres`` marker (``-m postgres``), over
+    DynamoDB the ``dynamodb`` marker."""
     for item in items:
         callspec = getattr(item, "callspec", None)
         params = {v for v in callspec.params.values() if isinstance(v, str)} if callspec is not None else set()
         names = set(getattr(item, "fixturenames", ()))
         if params & {"postgres", "postgres-en-US"} or names & {"postgres_dsn", "postgres_store_url"}:
             item.add_marker(pytest.mark.postgres)
+        if "dynamodb" in params or "moto_url" in names:
+            item.add_marker(pytest.mark.dynamodb)

@@ -209,5 +209,5 @@ def test_options_a_ledger_does_not_take_are_a_type_error() -> None:
 def test_every_scheme_has_one_entry_in_the_registry() -> None:
     """A new ledger adds its schemes to one table (the Postgres ledger has two entries)."""
     assert sorted(_SCHEMES) == [
-        "memory", "postgres", "postgresql", "redis", "redis+cluster", "rediss", "rediss+cluster", "unix",
+        "dynamodb", "memory", "postgres", "postgresql", "redis", "redis+cluster", "rediss", "rediss+cluster", "unix",
     ]

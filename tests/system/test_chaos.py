@@ -69,7 +69,42 @@ def test_chaos_small_run_with_a_postgres_ledger() -> None:
     assert rows["provider sends"] == ["200"] and rows["double sends"] == ["0"] and rows["lost jobs"] == ["0"]
     assert rows["verdict"] == ["OK"] and rows["Redis restarts"] == ["1"]
     assert rows["ledger PostgreSQL crashes (SIGKILL, restart)"] == ["1"]
-    assert rows["done records in the PostgreSQL ledger"] == ["200"]  # the workers' ledger was PostgreSQL
+    assert rows["done records in the PostgreSQL/DynamoDB ledger"] == ["200"]  # the workers' ledger was PostgreSQL
+
+
+@pytest.mark.slow
+@pytest.mark.processes
+@pytest.mark.dynamodb
+def test_chaos_small_run_with_a_dynamodb_ledger() -> None:
+    """The same run with the workers' ledger in a DynamoDB table (moto's server, started
+    here; the run makes the table, TTL on, and deletes it): each job sent exactly once."""
+    import importlib.util
+    import os
+    import uuid
+
+    for module in ("aiobotocore", "moto", "flask"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip("the DynamoDB ledger needs aiobotocore and moto[server] (nox -s dynamodb)")
+    if drivers()["arq"].unavailable() is not None:
+        pytest.skip("arq is not installed here (nox -s dynamodb installs it)")
+    from harness.queues.sqs import CREDENTIALS, REGION, MotoServer
+
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": CREDENTIALS["aws_access_key_id"],
+           "AWS_SECRET_ACCESS_KEY": CREDENTIALS["aws_secret_access_key"], "AWS_DEFAULT_REGION": REGION}
+    with MotoServer() as moto:
+        ledger = f"dynamodb://chaos-{uuid.uuid4().hex[:10]}?region={REGION}&endpoint_url={moto.url}"
+        out = subprocess.run(
+            [sys.executable, "-m", "harness.chaos", "--queues", "arq", "--jobs", "200", "--seed", "13", "--quiet",
+             "--ledger", ledger],
+            capture_output=True, text=True, timeout=900, cwd=ROOT, env=env,
+        )
+    print(out.stdout)
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in out.stdout.splitlines() if line.startswith("| ") and not line.startswith("| |")}
+    assert rows["provider sends"] == ["200"] and rows["double sends"] == ["0"] and rows["lost jobs"] == ["0"]
+    assert rows["verdict"] == ["OK"] and rows["Redis restarts"] == ["1"]
+    assert rows["done records in the PostgreSQL/DynamoDB ledger"] == ["200"]  # the workers' ledger was DynamoDB
 
 
 def test_chaos_refuses_an_unknown_queue() -> None:

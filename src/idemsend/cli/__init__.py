@@ -78,9 +78,15 @@ def _version() -> str:
 
 def _ledger_options(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--ledger", metavar="URL", help="the ledger's URL: redis://, redis+cluster://, postgresql://")
+    where.add_argument(
+        "--ledger", metavar="URL", help="the ledger's URL: redis://, redis+cluster://, postgresql://, dynamodb://"
+    )
     where.add_argument("--redis", metavar="URL", help="same as --ledger, for a RedisLedger")
     where.add_argument("--postgres", metavar="DSN", help="same as --ledger, for a PostgresLedger")
+    where.add_argument(
+        "--dynamodb", metavar="URL",
+        help="same as --ledger, for a DynamoDBLedger: dynamodb://TABLE?region=...&endpoint_url=... (or a table name)",
+    )
     parser.add_argument("--prefix", default="idemsend", help="the ledger's key prefix (RedisLedger) or namespace")
 
 
@@ -156,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     migrate = sub.add_parser(
-        "migrate", help="create the ledger's tables (PostgresLedger; others need none)", formatter_class=formatter
+        "migrate", help="create the ledger's tables (PostgresLedger; DynamoDBLedger: its table, TTL on)",
+        formatter_class=formatter,
     )
     _ledger_options(migrate)
     migrate.add_argument(
@@ -231,7 +238,7 @@ def _mock_provider(args: argparse.Namespace) -> int:
 def _ledger(args: argparse.Namespace) -> int:
     from . import _inspect
 
-    url = args.ledger or args.redis or args.postgres
+    url = args.ledger or args.redis or args.postgres or _dynamodb_url(args.dynamodb)
     if args.command == "inspect":
         ok, text = asyncio.run(_inspect.inspect(url, args.key, args.prefix))
     elif args.command == "clear":
@@ -240,6 +247,14 @@ def _ledger(args: argparse.Namespace) -> int:
         ok, text = asyncio.run(_inspect.migrate(url, args.prefix, qstash_guard=args.qstash_guard))
     print(text, file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
+
+
+def _dynamodb_url(value: str) -> str:
+    """``--dynamodb``: a ``dynamodb://`` URL, or a bare table name (region and credentials
+    from botocore's usual chain)."""
+    if "://" in value:
+        return value
+    return f"dynamodb://{value}"
 
 
 def _fail(text: str, status: int = 1) -> int:

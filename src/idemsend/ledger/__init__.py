@@ -7,7 +7,9 @@ processes and machines. ``ledger_from_url`` makes any of them from a URL (``memo
 the table a ``postgresql://`` URL's key prefix picks). Import them from here; the
 redis and asyncpg packages are only imported when ``RedisLedger`` or ``PostgresLedger``
 is first used. (``PostgresLedger`` is not in ``__all__``: a star import, or a check that
-every exported name resolves, must not need the ``postgres`` extra.)
+every exported name resolves, must not need the ``postgres`` extra.) ``DynamoDBLedger``
+(extra ``idemsend[dynamodb]``, ``dynamodb://`` URLs) is imported the same lazy way, and
+left out of ``__all__`` for the same reason.
 
 A ledger of your own implements the ``Ledger`` protocol and passes
 ``idemsend.testing.ledger_contract.LedgerContract``; ``GroupCommit`` batches its calls, and
@@ -41,6 +43,7 @@ from ._records import Recorded
 from ._url import ledger_from_url, postgres_table_for_prefix
 
 if TYPE_CHECKING:
+    from ._dynamodb import DynamoDBLedger as DynamoDBLedger  # not in __all__: see the docstring
     from ._postgres import PostgresLedger as PostgresLedger  # not in __all__: see the docstring
     from ._redis import RedisLedger
 
@@ -83,4 +86,8 @@ def __getattr__(name: str) -> Any:
         from ._postgres import PostgresLedger as PostgresLedger  # not in __all__: see the docstring
 
         return PostgresLedger
+    if name == "DynamoDBLedger":
+        from ._dynamodb import DynamoDBLedger as DynamoDBLedger  # not in __all__: see the docstring
+
+        return DynamoDBLedger
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

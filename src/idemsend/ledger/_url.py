@@ -72,6 +72,29 @@ def _postgres(url: str, prefix: str, options: dict[str, Any]) -> Ledger:
     return PostgresLedger.from_url(url, **options)
 
 
+def _dynamodb(url: str, prefix: str, options: dict[str, Any]) -> Ledger:
+    from ._dynamodb import DynamoDBLedger
+
+    parts = urlsplit(url)
+    if parts.path.strip("/") or parts.username or parts.password or parts.port:
+        raise ConfigError(
+            f"a dynamodb:// ledger URL is dynamodb://TABLE?region=...&endpoint_url=..., got {safe_url(url)}"
+        )
+    query: dict[str, Any] = dict(parse_qsl(parts.query, keep_blank_values=True))
+    unknown = set(query) - {"region", "endpoint_url", "create_table"}
+    if unknown:
+        raise ConfigError(f"unknown dynamodb:// URL parameter(s) {', '.join(sorted(unknown))}; known: region,"
+                          " endpoint_url, create_table")
+    if "create_table" in query:
+        flag = query["create_table"].lower()
+        if flag not in ("true", "false", "1", "0", "yes", "no"):
+            raise ConfigError(f"create_table in a dynamodb:// URL is true or false, got {query['create_table']!r}")
+        query["create_table"] = flag in ("true", "1", "yes")
+    table = parts.hostname or ""  # as written: hostname is lower-cased by urlsplit
+    table = parts.netloc.rpartition("@")[2] or table
+    return DynamoDBLedger(table, prefix=prefix, **{**query, **options})
+
+
 _SCHEMES: dict[str, LedgerFactory] = {
     "memory": _memory,
     "redis": _redis,
@@ -81,6 +104,7 @@ _SCHEMES: dict[str, LedgerFactory] = {
     "rediss+cluster": _redis_cluster,
     "postgresql": _postgres,
     "postgres": _postgres,
+    "dynamodb": _dynamodb,
 }
 
 
@@ -95,6 +119,8 @@ def ledger_from_url(url: str, *, prefix: str = "idemsend", **options: Any) -> Le
       ``<prefix>_ledger`` (``idemsend_ledger`` by default; ``-`` read as ``_``) unless
       ``table=`` is given (an option, or ``?table=`` in the URL). ``?create_table=true``
       and ``?statement_cache_size=0`` (PgBouncer) are read from the URL too.
+    * ``dynamodb://TABLE?region=...&endpoint_url=...``: a ``DynamoDBLedger`` on that
+      table (``?create_table=true`` too), its items namespaced by ``prefix``.
 
     ``options`` go to the ledger's constructor (``retention=``, ``allow_eviction=``,
     ``socket_timeout=``, ``max_records=``, ``timeout=``, ``create_table=``...); one it
