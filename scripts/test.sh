@@ -3,8 +3,8 @@
 #   1. ruff and mypy --strict,
 #   2. the main suite in .venv (engine, ledgers, arq, RQ, QStash: redis-py 5),
 #   3. every environment that cannot share .venv (noxfile.py: the API reference site,
-#      redis-py lowest and newest, Postgres, OpenTelemetry, SQS, BullMQ, Celery, Temporal), each in
-#      its own virtualenv,
+#      redis-py lowest and newest, Postgres, DynamoDB, OpenTelemetry, SQS, NATS, BullMQ,
+#      Celery, Dramatiq, Temporal), each in its own virtualenv, two at a time,
 #   4. one conformance table from every environment's columns.
 # Arguments go to the main pytest run; IDEMSEND_SESSIONS="sqs bullmq" picks nox sessions
 # ("none" skips them). Tests start their own throwaway redis-server (unless REDIS_URL is
@@ -29,12 +29,42 @@ export IDEMSEND_CONFORMANCE_DIR="$results"
 status=0
 .venv/bin/pytest "$@" || status=$?
 
-sessions=${IDEMSEND_SESSIONS:-"docs redis_lowest redis_newest postgres dynamodb otel sqs nats bullmq celery dramatiq temporal"}
+# The nox sessions run in IDEMSEND_NOX_LANES lanes at once (default 2; 1 runs them one by
+# one), each lane its sessions in turn, dealt round-robin from this list; the order keeps the
+# two RabbitMQ-heavy sessions (celery, dramatiq) in one lane. Every session writes its own log,
+# printed whole when it fails, and a line when it ends.
+sessions=${IDEMSEND_SESSIONS:-"postgres sqs celery bullmq dramatiq temporal redis_lowest nats docs dynamodb otel redis_newest"}
+lanes=${IDEMSEND_NOX_LANES:-2}
 if [ "$sessions" != none ]; then
-  for session in $sessions; do
-    echo "== nox -s $session" >&2
-    PATH="$PWD/.venv/bin:$PATH" .venv/bin/nox -s "$session" || status=$?
+  logs=$(mktemp -d)
+  run_lane() {
+    local session started
+    for session in "$@"; do
+      started=$SECONDS
+      if PATH="$PWD/.venv/bin:$PATH" .venv/bin/nox -s "$session" >"$logs/$session.log" 2>&1; then
+        echo "== nox -s $session: passed in $((SECONDS - started)) s ($(grep -Eo '[0-9]+ passed[^=]*' "$logs/$session.log" | tail -n 1))" >&2
+      else
+        echo "$session" >>"$logs/failed"
+        echo "== nox -s $session: FAILED in $((SECONDS - started)) s; its log:" >&2
+        cat "$logs/$session.log" >&2
+      fi
+    done
+  }
+  read -r -a all <<<"$sessions"
+  pids=()
+  for ((lane = 0; lane < lanes; lane++)); do
+    mine=()
+    for ((i = lane; i < ${#all[@]}; i += lanes)); do mine+=("${all[i]}"); done
+    [ ${#mine[@]} -gt 0 ] || continue
+    run_lane "${mine[@]}" &
+    pids+=($!)
   done
+  for pid in "${pids[@]}"; do wait "$pid"; done
+  if [ -s "$logs/failed" ]; then
+    echo "== failed nox sessions: $(tr '\n' ' ' <"$logs/failed")" >&2
+    status=1
+  fi
+  rm -rf "$logs"
 fi
 if ls "$results"/conformance-*.json >/dev/null 2>&1; then
   echo "== conformance: every queue, every environment"
