@@ -1,0 +1,318 @@
+"""SQLiteLedger: the ledger in a SQLite file, for the workers of one host; see the package docstring."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import re
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from ..._errors import ConfigError
+from ..._keys import validate_job_id
+from ..._log import fields
+from .._base import DEFAULT_RETENTION, ClaimResult, LedgerRecord, LedgerUnavailableError, SettleResult
+from .._fitness import judge
+from .._group import GroupCommit
+from .._records import encode_response
+from ._decide import Op
+from ._fitness import check_directory, mount_of, network_refusal, read_mounts, store_facts
+from ._schema import COLUMNS, DEFAULT_TABLE, Tables, schema_sql
+from ._store import Store, unavailable
+
+__all__ = ["SQLiteLedger"]
+
+log = logging.getLogger("idemsend.ledger")
+
+T = TypeVar("T")
+
+_SYNCHRONOUS = {"off": 0, "normal": 1, "full": 2, "extra": 3}
+# What SQLite text cannot take from Python: an unpaired surrogate (UTF-8 cannot encode it).
+_UNSTORABLE = re.compile("[\ud800-\udfff]")
+
+
+def _clean(text: str) -> str:
+    return text if text.isascii() else _UNSTORABLE.sub("\ufffd", text)
+
+
+class SQLiteLedger:
+    """A ledger in a SQLite file, shared by every worker process on one host (stdlib ``sqlite3``).
+
+    ``SQLiteLedger(path)``: the file (made on first use, in a directory that must exist;
+    ``":memory:"`` for one process's throwaway ledger). Options:
+
+    * ``table``: the records table (lower-case letters, digits, ``_``); the job map is
+      ``<table>_jobs``. Made on first use.
+    * ``retention`` (seconds): how long a record lives after it was claimed, completed or failed.
+    * ``timeout`` (seconds): SQLite's busy timeout, how long a call waits for another
+      connection's write lock before it fails with ``LedgerUnavailableError``.
+    * ``synchronous``: ``"full"`` (the default: a commit is on disk before the call
+      answers, so a power loss keeps it) or ``"normal"`` (faster; a process crash loses
+      nothing, a power loss can lose the last commits, and ``start()`` warns).
+    * ``allow_network_fs``: accept a file on NFS, SMB, sshfs and the like (refused by
+      default: SQLite's locks are not reliable there) with a WARNING.
+    * ``sweep_interval`` (seconds, 0 for never), ``sweep_batch``: the background deletion of
+      expired rows (expired rows are never answered as live meanwhile).
+    * ``group_commit``: concurrent calls share one transaction (default); ``False``: one
+      transaction per call. ``on_batch(size)``: called as each batch goes out.
+
+    Every call runs in the ledger's own thread, in a ``BEGIN IMMEDIATE`` transaction with
+    the calls queued meanwhile. Times are SQLite's clock (``julianday('now')``, the host's),
+    the same for every process on the host. Keys are at most ``max_key_length`` characters.
+    """
+
+    #: The longest key this ledger stores: the longest a ``Provider`` allows (SQLite itself takes far more).
+    max_key_length = 65_536
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, table: str = DEFAULT_TABLE, retention: float = DEFAULT_RETENTION,
+        timeout: float = 5.0, synchronous: str = "full", allow_network_fs: bool = False,
+        sweep_interval: float = 60.0, sweep_batch: int = 500, group_commit: bool = True,
+        on_batch: Callable[[int], object] | None = None,
+    ) -> None:
+        path = os.fspath(path)
+        if not isinstance(path, str) or not path or "\x00" in path:
+            raise ConfigError(f"the SQLite ledger's path must be a non-empty file path, got {path!r}")
+        if path.startswith("file:"):
+            raise ConfigError(f"give the SQLite ledger a file path, not a URI: {path!r}")
+        tables = Tables.of(table)
+        if not retention > 0:
+            raise ConfigError(f"retention must be > 0, got {retention!r}")
+        if not timeout > 0:
+            raise ConfigError(f"timeout must be > 0, got {timeout!r}")
+        if not isinstance(synchronous, str) or synchronous.lower() not in ("full", "normal", "extra"):
+            raise ConfigError(
+                f"synchronous must be 'full' or 'normal' (or 'extra'), got {synchronous!r}: 'off' can corrupt the"
+                " ledger in an operating-system crash"
+            )
+        if isinstance(sweep_batch, bool) or not isinstance(sweep_batch, int) or sweep_batch < 1:
+            raise ConfigError(f"sweep_batch must be an int >= 1, got {sweep_batch!r}")
+        if not sweep_interval >= 0:
+            raise ConfigError(f"sweep_interval must be >= 0 (0: no background sweep), got {sweep_interval!r}")
+        self.path = path if path == ":memory:" else os.path.abspath(path)
+        self.table = table
+        self.jobs_table = tables.jobs_table
+        self.retention = float(retention)
+        self.timeout = float(timeout)
+        self.synchronous = synchronous.lower()
+        self.allow_network_fs = allow_network_fs
+        self.sweep_interval = float(sweep_interval)
+        self.sweep_batch = sweep_batch
+        self.group_commit = group_commit
+        self._tables = tables
+        self._store = Store(self.path, tables, timeout=self.timeout, synchronous=self.synchronous,
+                            retention=self.retention)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="idemsend-sqlite")
+        self._group: GroupCommit[Op, Any] = GroupCommit(
+            self._execute, max_batch=512 if group_commit else 1, max_pipelines=1, on_batch=on_batch,
+            error=lambda exc: unavailable(exc, self.path),
+        )
+        self._start_lock = asyncio.Lock()
+        self._checked = False
+        self._closed = False
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<SQLiteLedger path={self.path!r} table={self.table!r} retention={self.retention:g}s>"
+
+    @property
+    def transactions(self) -> int:
+        """Transactions committed so far (one per batch of calls): what group commit saves, measured."""
+        return self._store.transactions
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._closed:
+            raise LedgerUnavailableError(f"the SQLite ledger at {self.path} is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def _execute(self, ops: Sequence[Op]) -> list[Any]:
+        return await self._in_thread(self._store.run, ops)
+
+    # -- start and sweep -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Check once that the file is fit to be a ledger, and make its tables; see ``Ledger.start``.
+
+        * the directory is missing, not writable (or on a read-only filesystem), or the
+          file is not readable and writable: ``ConfigError``, naming the path.
+        * the file is on a network filesystem (NFS, SMB/CIFS, sshfs..., read from
+          ``/proc/mounts``): ``ConfigError``, unless ``allow_network_fs=True`` (a WARNING).
+        * the file is not a SQLite database, or holds a table of the ledger's name that is
+          not the ledger's: ``ConfigError``.
+        * SQLite older than 3.24: ``ConfigError``; ``synchronous=normal``: a WARNING (a
+          power loss can lose the last commits); WAL refused by the filesystem: a WARNING.
+        * the file is locked past the busy timeout: ``LedgerUnavailableError``; call it again.
+
+        The other calls call it first when it has not run. It also starts the background
+        sweep of expired rows (``sweep_interval``)."""
+        if self._checked:
+            return
+        async with self._start_lock:
+            if self._checked:
+                return
+            network = await self._in_thread(self._check_path)
+            version, journal, sync = await self._in_thread(self._prepare)
+            judge(store_facts(self.path, version=version, journal_mode=journal, synchronous=sync,
+                              network=network)).enforce()
+            self._checked = True
+            if self.sweep_interval > 0 and self._sweeper is None and not self._closed:
+                self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(),
+                                                                       name="idemsend-ledger-sweep")
+
+    def _check_path(self) -> str | None:
+        """In the ledger's thread: the directory and filesystem checks; answers the
+        network filesystem's refusal when ``allow_network_fs`` accepted it (else ``None``)."""
+        if self.path == ":memory:":
+            return None
+        real = os.path.realpath(self.path)
+        check_directory(real)
+        mounts = read_mounts()
+        network = None if mounts is None else network_refusal(real, mount_of(real, mounts))
+        if network is not None and not self.allow_network_fs:
+            raise ConfigError(network)
+        return network
+
+    def _prepare(self) -> tuple[tuple[int, ...], str, int]:
+        """In the ledger's thread: open the file, make the tables, read the facts."""
+        try:
+            con = self._store.connect()
+            version = tuple(int(n) for n in con.execute("SELECT sqlite_version()").fetchone()[0].split("."))
+            journal = str(con.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+            sync = int(con.execute("PRAGMA synchronous").fetchone()[0])
+        except sqlite3.DatabaseError as exc:
+            self._store.close()
+            raise self._refusal(exc) from None
+        except sqlite3.Error as exc:
+            self._store.close()
+            raise unavailable(exc, self.path) from exc
+
+        def create(con: sqlite3.Connection, now: float) -> None:
+            for statement in schema_sql(self.table).split(";"):
+                if statement.strip():
+                    con.execute(statement)
+            for sql in COLUMNS:
+                con.execute(sql.format(t=self._tables.t, j=self._tables.j))
+
+        try:
+            self._store.transaction(create)
+        except LedgerUnavailableError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, sqlite3.DatabaseError) and not _busy(cause):
+                raise self._refusal(cause) from None
+            raise
+        return version, journal, sync
+
+    def _refusal(self, exc: sqlite3.Error) -> ConfigError:
+        text = str(exc)
+        if "no such column" in text or "already exists" in text:
+            return ConfigError(
+                f"{self.table} in {self.path} is not an idemsend ledger table ({text}); use another table name"
+                f" or another file. The ledger's tables are:\n{schema_sql(self.table)}"
+            )
+        if "not a database" in text or "malformed" in text:
+            return ConfigError(f"{self.path} is not a SQLite database, or is damaged ({text}): give the ledger"
+                               " a file of its own")
+        if "readonly" in text or "unable to open" in text:
+            return ConfigError(f"the SQLite ledger file {self.path} cannot be opened for writing ({text})")
+        return ConfigError(f"the SQLite ledger file {self.path} cannot be used: {type(exc).__name__}: {text}")
+
+    async def sweep(self, *, batch: int | None = None, max_batches: int | None = None) -> int:
+        """Delete expired records and job notes, ``batch`` rows (default ``sweep_batch``)
+        of each table per transaction, until none is left or ``max_batches`` transactions
+        ran; answers how many rows went. Store failures raise ``LedgerUnavailableError``."""
+        size = self.sweep_batch if batch is None else batch
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigError(f"batch must be an int >= 1, got {size!r}")
+        await self.start()
+        total, runs = 0, 0
+        while max_batches is None or runs < max_batches:
+            deleted = await self._in_thread(self._store.sweep, size)
+            total, runs = total + deleted, runs + 1
+            if deleted < size:
+                break
+            await asyncio.sleep(0)  # let the ledger's own calls go first
+        return total
+
+    async def _sweep_forever(self) -> None:
+        failures = 0
+        while True:
+            await asyncio.sleep(self.sweep_interval * random.uniform(0.5, 1.5))
+            try:
+                await self.sweep()
+            except LedgerUnavailableError as exc:
+                failures += 1
+                if failures in (1, 10) or failures % 100 == 0:
+                    log.warning("idemsend: the ledger's sweep of expired records failed (%d in a row): %s",
+                                failures, exc, extra=fields(code="unavailable", op="sweep"))
+            else:
+                failures = 0
+
+    # -- the state machine -------------------------------------------------------------------
+
+    async def _call(self, kind: str, key: str, *args: Any) -> Any:
+        if not self._checked:
+            await self.start()
+        return await self._group.submit(Op(kind, _clean(key), args))
+
+    async def claim(
+        self, *, key: str, job_id: str, payload: bytes, fingerprint: str, token: str, lease: float
+    ) -> ClaimResult:
+        """See ``Ledger.claim``: one transaction (shared with the calls queued meanwhile)."""
+        validate_job_id(job_id)  # one rule for every ledger, before anything is batched
+        result: ClaimResult = await self._call(
+            "claim", key, job_id, bytes(payload), _clean(fingerprint), _clean(token), float(lease)
+        )
+        return result
+
+    async def complete(self, *, key: str, token: str, response: Mapping[str, Any]) -> SettleResult:
+        """See ``Ledger.complete``."""
+        body = encode_response(response)  # before the store is asked: TypeError for what is not JSON
+        result: SettleResult = await self._call("complete", key, _clean(token), body)
+        return result
+
+    async def fail(self, *, key: str, token: str, code: str, message: str) -> SettleResult:
+        """See ``Ledger.fail``."""
+        result: SettleResult = await self._call("fail", key, _clean(token), _clean(code), _clean(message))
+        return result
+
+    async def renew(self, *, key: str, token: str, lease: float) -> SettleResult:
+        """See ``Ledger.renew``."""
+        result: SettleResult = await self._call("renew", key, _clean(token), float(lease))
+        return result
+
+    async def release(self, *, key: str, token: str, forget: bool = False) -> SettleResult:
+        """See ``Ledger.release``: ``forget`` deletes the record and its job id's note."""
+        result: SettleResult = await self._call("release", key, _clean(token), bool(forget))
+        return result
+
+    async def clear(self, key: str, *, force: bool = False) -> bool:
+        """See ``Ledger.clear``: the state (and code) is checked and the row deleted in one transaction."""
+        result: bool = await self._call("clear", key, bool(force))
+        return result
+
+    async def get(self, key: str) -> LedgerRecord | None:
+        """See ``Ledger.get``: one read (no write lock; WAL lets it run beside a writer)."""
+        if not self._checked:
+            await self.start()
+        return await self._in_thread(self._store.get, _clean(key))
+
+    async def aclose(self) -> None:
+        """Wait for the calls already made, stop the sweep, close the file. A second call does nothing."""
+        if self._closed:
+            return
+        await self._group.drain()
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.cancel()
+            await asyncio.gather(sweeper, return_exceptions=True)
+        self._closed = True
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._store.close)
+        self._thread.shutdown(wait=False)
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
