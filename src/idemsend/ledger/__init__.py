@@ -3,7 +3,7 @@
 ``MemoryLedger`` is the embedded default for one process; ``SQLiteLedger`` (stdlib
 ``sqlite3``, no extra) the durable one for every process of one host; ``RedisLedger`` (extra
 ``idemsend[redis]``) and ``PostgresLedger`` (extra ``idemsend[postgres]``) serve many
-processes and machines. ``ledger_from_url`` makes any of them from a URL (``memory://``, ``sqlite:///``,
+processes and machines. ``ledger_from_url`` makes any of them from a URL (``memory://``,
 ``sqlite:///``, ``redis://``, ``redis+cluster://``, ``postgresql://``...; ``postgres_table_for_prefix`` names
 the table a ``postgresql://`` URL's key prefix picks). Import them from here; the
 redis and asyncpg packages are only imported when ``RedisLedger`` or ``PostgresLedger``
