@@ -46,7 +46,7 @@ class ChaosReport:
     kills: int = 0
     redis_restarts: int = 0
     ledger_restarts: int = 0
-    ledger_done: int | None = None  # done records in a PostgreSQL ledger at the end (None: not Postgres)
+    ledger_done: int | None = None  # done records in a PostgreSQL or SQLite ledger at the end (None: neither)
     worker_restarts: int = 0
     provider_requests: int = 0
     provider_sends: int = 0
@@ -95,7 +95,8 @@ def table(reports: list[ChaosReport]) -> str:
         ("worker restarts (kills and crashes)", lambda r: r.worker_restarts),
         ("Redis restarts", lambda r: r.redis_restarts),
         ("ledger PostgreSQL crashes (SIGKILL, restart)", lambda r: r.ledger_restarts),
-        ("done records in the PostgreSQL ledger", lambda r: "—" if r.ledger_done is None else r.ledger_done),
+        ("done records in the SQL ledger (PostgreSQL, SQLite)", lambda r: "—" if r.ledger_done is None
+         else r.ledger_done),
         ("faults injected", lambda r: ", ".join(f"{k} {v}" for k, v in sorted(r.faults.items()))),
         ("provider requests", lambda r: r.provider_requests), ("provider sends", lambda r: r.provider_sends),
         ("double sends", lambda r: r.double_sends), ("jobs sent", lambda r: r.sent),
@@ -226,6 +227,8 @@ class _Tables:
         """How many done records the ledger's table holds (proof the workers used it)."""
         if self.url is None or self.table is None:
             return None
+        if self.url.startswith("sqlite://"):
+            return _sqlite_done(self.url, self.table)
         import asyncpg
 
         conn = await asyncpg.connect(self.url.split("?", 1)[0])
@@ -236,8 +239,8 @@ class _Tables:
             await conn.close()
 
     async def drop(self) -> None:
-        if self.url is None or self.table is None:
-            return
+        if self.url is None or self.table is None or self.url.startswith("sqlite://"):
+            return  # a SQLite file is the caller's: its tables stay, for a look afterwards
         import asyncpg
 
         conn = await asyncpg.connect(self.url.split("?", 1)[0])
@@ -247,9 +250,27 @@ class _Tables:
             await conn.close()
 
 
+def _sqlite_done(url: str, table: str) -> int:
+    import sqlite3
+
+    from idemsend.ledger._url import sqlite_path
+
+    con = sqlite3.connect(sqlite_path(url), timeout=30)
+    try:
+        count: int = con.execute(f"SELECT count(*) FROM \"{table}\" WHERE state = 'done'").fetchone()[0]
+        return count
+    finally:
+        con.close()
+
+
 async def _own_tables(ledger: str | None, prefix: str) -> _Tables:
     """Make the tables of the run's Postgres ledger (the workers' ``IDEMSEND_LEDGER_PREFIX``
-    names them) before any worker starts: workers do not create tables."""
+    names them) before any worker starts: workers do not create tables. A SQLite ledger's
+    workers make theirs; its done records are counted at the end all the same."""
+    if ledger is not None and ledger.startswith("sqlite://"):
+        from idemsend.ledger import postgres_table_for_prefix
+
+        return _Tables(ledger, postgres_table_for_prefix(prefix))
     if ledger is None or not ledger.startswith(("postgresql://", "postgres://")):
         return _Tables()
     from idemsend.adapters.qstash import PostgresReplayGuard

@@ -69,7 +69,7 @@ def test_chaos_small_run_with_a_postgres_ledger() -> None:
     assert rows["provider sends"] == ["200"] and rows["double sends"] == ["0"] and rows["lost jobs"] == ["0"]
     assert rows["verdict"] == ["OK"] and rows["Redis restarts"] == ["1"]
     assert rows["ledger PostgreSQL crashes (SIGKILL, restart)"] == ["1"]
-    assert rows["done records in the PostgreSQL ledger"] == ["200"]  # the workers' ledger was PostgreSQL
+    assert rows["done records in the SQL ledger (PostgreSQL, SQLite)"] == ["200"]  # the workers' ledger was PostgreSQL
 
 
 def test_chaos_refuses_an_unknown_queue() -> None:
