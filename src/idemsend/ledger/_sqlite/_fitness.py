@@ -99,6 +99,15 @@ def check_directory(path: str) -> None:
     """``ConfigError`` when the ledger's directory is missing or not writable (SQLite makes
     the file and its ``-wal`` and ``-shm`` files there), or the file itself is read-only."""
     directory = os.path.dirname(path) or "."
+    try:
+        os.stat(directory)
+    except PermissionError:
+        raise ConfigError(
+            f"the SQLite ledger's directory {directory} cannot be reached by this process (uid {os.getuid()}):"
+            " permission denied on it or on a directory above it"
+        ) from None
+    except OSError:
+        pass
     if not os.path.isdir(directory):
         raise ConfigError(
             f"the SQLite ledger's directory {directory} does not exist (ledger file {path}): create it first;"
@@ -129,7 +138,7 @@ def store_facts(
         loses.append(Finding(where, "has synchronous=NORMAL (a power loss or an operating-system crash can lose"
                                     " the last commits; a process crash, SIGKILL included, loses nothing)"))
     cautions = []
-    if journal_mode != "wal":
+    if journal_mode != "wal" and path != ":memory:":
         cautions.append(Caution("no_wal", (
             f"idemsend: the SQLite ledger {where} is in journal_mode={journal_mode}, not WAL (the filesystem may"
             " not support it): readers then wait for writers, and idemsend inspect or a get() can block workers."
@@ -146,4 +155,5 @@ def store_facts(
         forgets=forgets,
         loses=tuple(loses),
         persist="use synchronous='full' (the default) in production",
+        cautions=tuple(cautions),
     )
