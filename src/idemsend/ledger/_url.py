@@ -109,7 +109,17 @@ def _sqlite(url: str, prefix: str, options: dict[str, Any]) -> Ledger:
                 f"unknown sqlite:// ledger URL parameter {name!r}; known: table, synchronous, timeout, retention"
             )
     if "table" not in options:
+        from ._sqlite import validate_table
+
         table = postgres_table_for_prefix(prefix)  # the same rule: <prefix>_ledger
+        try:
+            validate_table(table)
+        except ConfigError:
+            raise ConfigError(
+                f"the prefix {prefix!r} makes no SQLite table name ({table!r}): a SQLite ledger's prefix names its"
+                " table <prefix>_ledger, so use letters, digits, '_' or '-', not starting with a digit; or pass"
+                " table=..."
+            ) from None
         options["table"] = table
     return SQLiteLedger(sqlite_path(url), **options)
 
