@@ -3,6 +3,7 @@
   python memory.py redis    --sends 100000 [--redis URL]   (a throwaway Redis when no URL)
   python memory.py memory   --sends 100000
   python memory.py postgres --sends 20000 [--dsn DSN]      (needs asyncpg; a throwaway server when no DSN)
+  python memory.py sqlite   --sends 100000                 (a throwaway file)
 
 Each run makes ``--sends`` completed sends the way the engine does (claim, then complete
 with the record the engine writes: id, status and the provider's response, here the
@@ -14,6 +15,9 @@ MockProvider's 66-byte answer), with the benchmark's key and job id shapes, and 
 * memory: tracemalloc's bytes still allocated per send.
 * postgres: ``pg_total_relation_size`` of the ledger's tables (rows, indexes, TOAST) per
   send, as written and after ``VACUUM FULL`` (live rows only).
+* sqlite: the file's size per send (pages in use: rows, the primary keys, the expiry
+  indexes) after the WAL is checkpointed into it, as written and after ``VACUUM``; and
+  the transactions (commits, one fsync each with ``synchronous=FULL``) per send.
 """
 
 from __future__ import annotations
@@ -123,14 +127,47 @@ async def postgres_bytes(args: argparse.Namespace) -> dict[str, Any]:
             "bytes_per_send_as_written": written / args.sends}
 
 
+async def sqlite_bytes(args: argparse.Namespace) -> dict[str, Any]:
+    import sqlite3
+    import tempfile
+
+    from idemsend.ledger import SQLiteLedger
+
+    with tempfile.TemporaryDirectory(prefix="idemsend-bench-") as tmp:
+        path = str(Path(tmp) / "ledger.db")
+        ledger = SQLiteLedger(path, sweep_interval=0)
+        await ledger.start()
+        await fill(ledger, uuid.uuid4().hex[:10], args.sends)
+        transactions = ledger.transactions
+        await ledger.aclose()
+        con = sqlite3.connect(path, isolation_level=None)
+        try:
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+            def used() -> int:
+                pages = con.execute("PRAGMA page_count").fetchone()[0]
+                free = con.execute("PRAGMA freelist_count").fetchone()[0]
+                return int((pages - free) * con.execute("PRAGMA page_size").fetchone()[0])
+
+            written = used()
+            con.execute("VACUUM")
+            live = used()
+        finally:
+            con.close()
+    return {"ledger": "sqlite", "sends": args.sends, "bytes_per_send": live / args.sends,
+            "bytes_per_send_as_written": written / args.sends, "transactions_per_send": transactions / args.sends}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("ledger", choices=["redis", "memory", "postgres"])
+    ap.add_argument("ledger", choices=["redis", "memory", "postgres", "sqlite"])
     ap.add_argument("--sends", type=int, default=100_000)
     ap.add_argument("--redis", default="")
     ap.add_argument("--dsn", default="")
     args = ap.parse_args()
-    runner = {"redis": redis_bytes, "memory": memory_bytes, "postgres": postgres_bytes}[args.ledger]
+    runner = {"redis": redis_bytes, "memory": memory_bytes, "postgres": postgres_bytes, "sqlite": sqlite_bytes}[
+        args.ledger
+    ]
     print(json.dumps(asyncio.run(runner(args))), flush=True)
 
 
