@@ -101,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dup-rate", type=_rate, default=0.3, help="share of jobs delivered twice")
     demo.add_argument("--fault-rate", type=_rate, default=0.1, help="share of requests that meet a fault")
     demo.add_argument("--concurrency", type=_positive, default=100, help="sends in flight at once")
-    demo.add_argument("--no-ledger", action="store_true", help="run without the ledger (a SQLiteLedger on a throwaway file)")
+    demo.add_argument(
+        "--no-ledger", action="store_true", help="run without the ledger (a SQLiteLedger on a throwaway file)"
+    )
     demo.add_argument("--seed", type=int, default=None, help="random seed, for a repeatable run")
     demo.add_argument("--quiet", action="store_true", help="no progress output")
     demo.add_argument(
