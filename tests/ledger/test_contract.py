@@ -276,7 +276,7 @@ class TestSQLiteLedger(LedgerContract):
         made: list[Ledger] = []
 
         async def make(*, retention: float | None = None) -> Ledger:
-            options = {} if retention is None else {"retention": retention}
+            options: dict[str, Any] = {} if retention is None else {"retention": retention}
             ledger = ledger_from_url(f"sqlite:///{db_path}", **options)
             made.append(ledger)
             await ledger.start()

@@ -98,7 +98,7 @@ async def test_the_default_guard_is_kept_in_the_ledgers_store(guard_store: Guard
             expected = {"postgres": qstash.PostgresReplayGuard, "sqlite": qstash.SQLiteReplayGuard}.get(
                 guard_store.kind, RedisReplayGuard
             )
-            assert isinstance(guard, expected)
+            assert isinstance(guard, expected) and guard is not None
             assert await guard.remember("jti-kept", "msg_a", exp + CLOCK_SKEW_MARGIN) == "msg_a"
             left = await _seconds_kept(guard, "jti-kept")
             # kept while any host may still accept the token (plus the skew margin), not much longer
