@@ -76,7 +76,7 @@ def _version() -> str:
 
 def _ledger_options(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--ledger", metavar="URL", help="the ledger's URL: redis://, redis+cluster://, postgresql://")
+    where.add_argument("--ledger", metavar="URL", help="the ledger's URL: sqlite:///, redis://, redis+cluster://, postgresql://")
     where.add_argument("--redis", metavar="URL", help="same as --ledger, for a RedisLedger")
     where.add_argument("--postgres", metavar="DSN", help="same as --ledger, for a PostgresLedger")
     parser.add_argument("--prefix", default="idemsend", help="the ledger's key prefix (RedisLedger) or namespace")
