@@ -304,7 +304,7 @@ def test_the_filesystem_of_a_path_is_read_from_proc_mounts(path: str, fstype: st
 async def test_a_ledger_on_a_network_filesystem_is_refused_at_start_unless_allowed(
     db: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import idemsend.ledger._sqlite._ledger as module
+    import idemsend.ledger._sqlite._open as module
 
     here = str(Path(db).resolve().parent)  # noqa: ASYNC240
     monkeypatch.setattr(module, "read_mounts", lambda: [Mount("/", "ext4", "/dev/sda"),
@@ -438,3 +438,50 @@ def test_decide_settle_by_token_and_state() -> None:
     released = Op("release", "k", ("", False))  # a released record's empty token is nobody's
     assert decide_settle("release", released, _row(token=""))[0] == "superseded"
     assert decide_settle("release", Op("release", "k", ("t", True)), _row(token="t"))[1].kind == "delete"
+
+
+_FORKS = """
+import asyncio, os, sys
+from idemsend.ledger import Claimed, Done, SQLiteLedger
+
+ledger = SQLiteLedger(sys.argv[1])
+
+async def parent_part():
+    await ledger.start()  # the parent uses it: its thread and connection exist
+    claim = await ledger.claim(key="p", job_id="jp", payload=b"x", fingerprint="fp", token="tp", lease=30)
+    assert isinstance(claim, Claimed)
+
+asyncio.run(parent_part())
+pid = os.fork()
+if pid == 0:  # the child (RQ's work horse): a loop of its own, the same ledger object
+    async def child_part():
+        claim = await asyncio.wait_for(ledger.claim(key="c", job_id="jc", payload=b"x", fingerprint="fp",
+                                                    token="tc", lease=30), 30)
+        assert isinstance(claim, Claimed) and claim.fresh
+        assert await ledger.complete(key="c", token="tc", response={"id": "em_c"}) == "ok"
+    try:
+        asyncio.run(child_part())
+    except BaseException as exc:
+        print("child failed:", repr(exc), flush=True)
+        os._exit(1)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, status
+
+async def after():
+    assert await ledger.claim(key="c", job_id="jc", payload=b"x", fingerprint="fp", token="t2", lease=30) == (
+        Done({"id": "em_c"}, "fp"))
+    assert await ledger.complete(key="p", token="tp", response={"id": "em_p"}) == "ok"
+    await ledger.aclose()
+
+asyncio.run(after())
+print("ok", flush=True)
+"""
+
+
+def test_a_ledger_used_before_a_fork_works_in_the_child_and_the_parent(db: str) -> None:
+    """RQ forks a work horse per job: a ledger the parent already used must not hang in
+    the child (the parent's thread is not there) nor share the parent's connection."""
+    out = subprocess.run([sys.executable, "-c", _FORKS, db], capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), (out.stdout, out.stderr[-2000:])

@@ -20,6 +20,8 @@ The package, one concern per module:
 * ``_schema.py``: the tables' names (checked) and the SQL that makes them, pure;
 * ``_decide.py``: what each call does to a record (the rules, pure);
 * ``_store.py``: the connection, the transaction, the statements that read and write;
+* ``_open.py``: what ``start()`` runs in the ledger's thread (the path checks, the
+  tables made, SQLite's settings read) and the words for a file it cannot use;
 * ``_fitness.py``: the path checks (directory, network filesystem from ``/proc/mounts``)
   and the facts for the one fitness policy (``idemsend.ledger.judge``).
 """

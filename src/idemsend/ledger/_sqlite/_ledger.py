@@ -7,7 +7,6 @@ import logging
 import os
 import random
 import re
-import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -20,8 +19,9 @@ from .._fitness import judge
 from .._group import GroupCommit
 from .._records import encode_response
 from ._decide import Op
-from ._fitness import check_directory, mount_of, network_refusal, read_mounts, store_facts
-from ._schema import COLUMNS, DEFAULT_TABLE, Tables, schema_sql
+from ._fitness import store_facts
+from ._open import check_path, prepare
+from ._schema import DEFAULT_TABLE, Tables
 from ._store import Store, unavailable
 
 __all__ = ["SQLiteLedger"]
@@ -30,7 +30,9 @@ log = logging.getLogger("idemsend.ledger")
 
 T = TypeVar("T")
 
-_SYNCHRONOUS = {"off": 0, "normal": 1, "full": 2, "extra": 3}
+#: Connections a forked child inherited: kept referenced, never closed (closing SQLite's
+#: handle in the child could touch the parent's file state), never used.
+_INHERITED: list[object] = []
 # What SQLite text cannot take from Python: an unpaired surrogate (UTF-8 cannot encode it).
 _UNSTORABLE = re.compile("[\ud800-\udfff]")
 
@@ -107,6 +109,7 @@ class SQLiteLedger:
         self._store = Store(self.path, tables, timeout=self.timeout, synchronous=self.synchronous,
                             retention=self.retention)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="idemsend-sqlite")
+        self._pid = os.getpid()
         self._group: GroupCommit[Op, Any] = GroupCommit(
             self._execute, max_batch=512 if group_commit else 1, max_pipelines=1, on_batch=on_batch,
             error=lambda exc: unavailable(exc, self.path),
@@ -127,7 +130,21 @@ class SQLiteLedger:
     async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         if self._closed:
             raise LedgerUnavailableError(f"the SQLite ledger at {self.path} is closed")
+        if os.getpid() != self._pid:
+            self._after_fork()
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    def _after_fork(self) -> None:
+        """In a child forked from a process that used this ledger (RQ's work horse, a
+        prefork pool): the parent's thread does not exist here, and its SQLite connection
+        must not be used (SQLite's rule), so both are replaced; the inherited connection is
+        kept aside, unused and unclosed."""
+        if self._store.con is not None:
+            _INHERITED.append(self._store.con)
+            self._store.con = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="idemsend-sqlite")
+        self._pid = os.getpid()
+        self._sweeper = None  # a task of the parent's event loop, which is not running here
 
     async def _execute(self, ops: Sequence[Op]) -> list[Any]:
         return await self._in_thread(self._store.run, ops)
@@ -154,71 +171,14 @@ class SQLiteLedger:
         async with self._start_lock:
             if self._checked:
                 return
-            network = await self._in_thread(self._check_path)
-            version, journal, sync = await self._in_thread(self._prepare)
+            network = await self._in_thread(check_path, self.path, self.allow_network_fs)
+            version, journal, sync = await self._in_thread(prepare, self._store)
             judge(store_facts(self.path, version=version, journal_mode=journal, synchronous=sync,
                               network=network)).enforce()
             self._checked = True
             if self.sweep_interval > 0 and self._sweeper is None and not self._closed:
                 self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(),
                                                                        name="idemsend-ledger-sweep")
-
-    def _check_path(self) -> str | None:
-        """In the ledger's thread: the directory and filesystem checks; answers the
-        network filesystem's refusal when ``allow_network_fs`` accepted it (else ``None``)."""
-        if self.path == ":memory:":
-            return None
-        real = os.path.realpath(self.path)
-        check_directory(real)
-        mounts = read_mounts()
-        network = None if mounts is None else network_refusal(real, mount_of(real, mounts))
-        if network is not None and not self.allow_network_fs:
-            raise ConfigError(network)
-        return network
-
-    def _prepare(self) -> tuple[tuple[int, ...], str, int]:
-        """In the ledger's thread: open the file, make the tables, read the facts."""
-        try:
-            con = self._store.connect()
-            version = tuple(int(n) for n in con.execute("SELECT sqlite_version()").fetchone()[0].split("."))
-            journal = str(con.execute("PRAGMA journal_mode").fetchone()[0]).lower()
-            sync = int(con.execute("PRAGMA synchronous").fetchone()[0])
-        except sqlite3.DatabaseError as exc:
-            self._store.close()
-            raise self._refusal(exc) from None
-        except sqlite3.Error as exc:
-            self._store.close()
-            raise unavailable(exc, self.path) from exc
-
-        def create(con: sqlite3.Connection, now: float) -> None:
-            for statement in schema_sql(self.table).split(";"):
-                if statement.strip():
-                    con.execute(statement)
-            for sql in COLUMNS:
-                con.execute(sql.format(t=self._tables.t, j=self._tables.j))
-
-        try:
-            self._store.transaction(create)
-        except LedgerUnavailableError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, sqlite3.DatabaseError) and not _busy(cause):
-                raise self._refusal(cause) from None
-            raise
-        return version, journal, sync
-
-    def _refusal(self, exc: sqlite3.Error) -> ConfigError:
-        text = str(exc)
-        if "no such column" in text or "already exists" in text:
-            return ConfigError(
-                f"{self.table} in {self.path} is not an idemsend ledger table ({text}); use another table name"
-                f" or another file. The ledger's tables are:\n{schema_sql(self.table)}"
-            )
-        if "not a database" in text or "malformed" in text:
-            return ConfigError(f"{self.path} is not a SQLite database, or is damaged ({text}): give the ledger"
-                               " a file of its own")
-        if "readonly" in text or "unable to open" in text:
-            return ConfigError(f"the SQLite ledger file {self.path} cannot be opened for writing ({text})")
-        return ConfigError(f"the SQLite ledger file {self.path} cannot be used: {type(exc).__name__}: {text}")
 
     async def sweep(self, *, batch: int | None = None, max_batches: int | None = None) -> int:
         """Delete expired records and job notes, ``batch`` rows (default ``sweep_batch``)
@@ -306,13 +266,11 @@ class SQLiteLedger:
             return
         await self._group.drain()
         sweeper, self._sweeper = self._sweeper, None
-        if sweeper is not None:
+        if sweeper is not None and sweeper.get_loop() is asyncio.get_running_loop():
             sweeper.cancel()
             await asyncio.gather(sweeper, return_exceptions=True)
+        # (a sweeper of an event loop that has ended ended with it)
         self._closed = True
         await asyncio.get_running_loop().run_in_executor(self._thread, self._store.close)
         self._thread.shutdown(wait=False)
 
-
-def _busy(exc: sqlite3.Error) -> bool:
-    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
