@@ -118,78 +118,79 @@ async def run_demo(
     bar = Progress(jobs, "demo", enabled=progress)
     start = time.monotonic()
 
-    # the ledger's file: a throwaway one, deleted at the end
-    with tempfile.TemporaryDirectory(prefix="idemsend-demo-") as tmp:
-        async with MockProvider(processing_delay=0.002, faults=faults, seed=seed) as provider:
-            # Two engines, as two worker processes would have, each with its own SQLiteLedger
-            # on one file (the durable ledger for the workers of one host).
-            engines = [
-                Engine(
-                    provider.emails_url, key="welcome:{user_id}:{job_id}", api_key=provider.api_key,
-                    ledger=SQLiteLedger(os.path.join(tmp, "ledger.db"), sweep_interval=0) if ledger else None,
-                    retry=RetryPolicy(retries=1, backoff=0.01), in_flight=InFlightWait(delay=0.05),
-                    limits=Limits(max_in_flight=concurrency), hooks=hooks,
-                )
-                for _ in range(2)
-            ]
-            job_list = [Job(f"job-{i:05d}", {"user_id": f"user-{i % (jobs // 2 + 1)}"}) for i in range(jobs)]
-            for job in job_list:
-                queue.put_nowait(job)
-                if rng.random() < dup_rate:
-                    report.duplicates_delivered += 1
-                    if rng.random() < 0.5:
-                        queue.put_nowait(job)  # right behind: the two run at the same moment
-                    else:
-                        asyncio.get_running_loop().call_later(rng.uniform(0, 1.0), queue.put_nowait, job)
+    # the ledger's file: a throwaway one, deleted at the end (or, on an error, when collected)
+    tmp = tempfile.TemporaryDirectory(prefix="idemsend-demo-")
+    async with MockProvider(processing_delay=0.002, faults=faults, seed=seed) as provider:
+        # Two engines, as two worker processes on one host would have, each with its own
+        # SQLiteLedger on one file.
+        engines = [
+            Engine(
+                provider.emails_url, key="welcome:{user_id}:{job_id}", api_key=provider.api_key,
+                ledger=SQLiteLedger(os.path.join(tmp.name, "ledger.db"), sweep_interval=0) if ledger else None,
+                retry=RetryPolicy(retries=1, backoff=0.01), in_flight=InFlightWait(delay=0.05),
+                limits=Limits(max_in_flight=concurrency), hooks=hooks,
+            )
+            for _ in range(2)
+        ]
+        job_list = [Job(f"job-{i:05d}", {"user_id": f"user-{i % (jobs // 2 + 1)}"}) for i in range(jobs)]
+        for job in job_list:
+            queue.put_nowait(job)
+            if rng.random() < dup_rate:
+                report.duplicates_delivered += 1
+                if rng.random() < 0.5:
+                    queue.put_nowait(job)  # right behind: the two run at the same moment
+                else:
+                    asyncio.get_running_loop().call_later(rng.uniform(0, 1.0), queue.put_nowait, job)
 
-            async def redeliver(job: Job, after: float) -> None:
-                await asyncio.sleep(min(after, 0.5))
-                queue.put_nowait(job)
+        async def redeliver(job: Job, after: float) -> None:
+            await asyncio.sleep(min(after, 0.5))
+            queue.put_nowait(job)
 
-            async def worker(engine: Engine) -> None:
-                while (job := await queue.get()) is not None:
-                    report.deliveries += 1
-                    body = {"to": [f"{job.data['user_id']}@example.com"], "template": "welcome"}
-                    try:
-                        await engine.send(job, body)
-                    except RetryableError as exc:
-                        report.redeliveries_after_retryable += 1
-                        task = asyncio.ensure_future(redeliver(job, exc.retry_after or 0.05))
-                        pending_redeliveries.add(task)
-                        task.add_done_callback(pending_redeliveries.discard)
-                        continue
-                    except FatalError as exc:
-                        result = f"fatal:{exc.code}"
-                    else:
-                        result = "sent"
-                    if job.id not in outcome:
-                        outcome[job.id] = result
-                        bar.advance()
+        async def worker(engine: Engine) -> None:
+            while (job := await queue.get()) is not None:
+                report.deliveries += 1
+                body = {"to": [f"{job.data['user_id']}@example.com"], "template": "welcome"}
+                try:
+                    await engine.send(job, body)
+                except RetryableError as exc:
+                    report.redeliveries_after_retryable += 1
+                    task = asyncio.ensure_future(redeliver(job, exc.retry_after or 0.05))
+                    pending_redeliveries.add(task)
+                    task.add_done_callback(pending_redeliveries.discard)
+                    continue
+                except FatalError as exc:
+                    result = f"fatal:{exc.code}"
+                else:
+                    result = "sent"
+                if job.id not in outcome:
+                    outcome[job.id] = result
+                    bar.advance()
 
-            async with engines[0], engines[1]:
-                workers = [asyncio.ensure_future(worker(engines[i % 2])) for i in range(concurrency)]
-                # nothing can ever be confirmed when every request meets a fault: a short deadline
-                deadline = time.monotonic() + (10.0 if fault_rate >= 1 else max(60.0, jobs * 0.05))
-                while len(outcome) < jobs and time.monotonic() < deadline:
-                    await asyncio.sleep(0.02)
-                await asyncio.sleep(1.1)  # let the late duplicates arrive and be answered
-                while not queue.empty() or pending_redeliveries:
-                    await asyncio.sleep(0.05)
-                    if time.monotonic() > deadline:
-                        break
-                for _ in workers:
-                    queue.put_nowait(None)
-                await asyncio.gather(*workers)
-            bar.close()
-            report.provider_requests = provider.stats.requests
-            report.provider_sends = provider.sends
-            report.double_sends = sum(n - 1 for n in provider.sends_by_key.values() if n > 1)
-            report.faults = dict(provider.stats.faults)
-            sends_by_key = provider.sends_by_key
+        async with engines[0], engines[1]:
+            workers = [asyncio.ensure_future(worker(engines[i % 2])) for i in range(concurrency)]
+            # nothing can ever be confirmed when every request meets a fault: a short deadline
+            deadline = time.monotonic() + (10.0 if fault_rate >= 1 else max(60.0, jobs * 0.05))
+            while len(outcome) < jobs and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(1.1)  # let the late duplicates arrive and be answered
+            while not queue.empty() or pending_redeliveries:
+                await asyncio.sleep(0.05)
+                if time.monotonic() > deadline:
+                    break
+            for _ in workers:
+                queue.put_nowait(None)
+            await asyncio.gather(*workers)
+        bar.close()
+        report.provider_requests = provider.stats.requests
+        report.provider_sends = provider.sends
+        report.double_sends = sum(n - 1 for n in provider.sends_by_key.values() if n > 1)
+        report.faults = dict(provider.stats.faults)
+        sends_by_key = provider.sends_by_key
     report.sent_jobs = sum(1 for v in outcome.values() if v == "sent")
     report.fatal_jobs = sum(1 for v in outcome.values() if v.startswith("fatal"))
     unfinished = [job for job in job_list if job.id not in outcome]
     report.unconfirmed_jobs = sum(1 for job in unfinished if sends_by_key[_key(job)] > 0)
     report.lost_jobs = len(unfinished) - report.unconfirmed_jobs
     report.seconds = time.monotonic() - start
+    tmp.cleanup()
     return report
