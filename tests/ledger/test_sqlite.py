@@ -485,3 +485,29 @@ def test_a_ledger_used_before_a_fork_works_in_the_child_and_the_parent(db: str) 
     out = subprocess.run([sys.executable, "-c", _FORKS, db], capture_output=True, text=True, timeout=120,
                          check=False)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), (out.stdout, out.stderr[-2000:])
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+async def test_a_file_deleted_or_replaced_under_the_ledger_fails_closed(db: str, how: str) -> None:
+    """Workers that kept the old file open and workers that open the new one would be two
+    ledgers (a double send): the ledger that sees its file gone refuses to record, and the
+    engine sends nothing."""
+    ledger = SQLiteLedger(db)
+    claim = await ledger.claim(key="k", job_id="j", payload=P1, fingerprint="fp", token="t", lease=30)
+    assert isinstance(claim, Claimed)
+    for suffix in ("", "-wal", "-shm"):
+        Path(db + suffix).unlink(missing_ok=True)  # noqa: ASYNC240
+    if how == "replaced":
+        other = SQLiteLedger(db)  # a new process makes a new file at the same path
+        await other.start()
+        await other.aclose()
+    with pytest.raises(LedgerUnavailableError, match="was deleted or replaced"):
+        await ledger.claim(key="k2", job_id="j2", payload=P1, fingerprint="fp", token="t", lease=30)
+    with pytest.raises(LedgerUnavailableError, match="was deleted or replaced"):
+        await ledger.get("k")
+    async with MockProvider() as p:
+        async with Engine(p.emails_url, key="welcome:{job_id}", api_key=p.api_key, ledger=ledger,
+                          retry=RetryPolicy(retries=0)) as engine:
+            with pytest.raises(RetryableError) as caught:
+                await engine.send(Job("j3", {}), {"to": ["a"]})
+        assert caught.value.reason == "ledger" and p.stats.requests == 0

@@ -12,6 +12,7 @@ part of the database, and the OS drops its locks with it.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -53,6 +54,7 @@ class Store:
         self.synchronous = synchronous
         self.retention = retention
         self.con: sqlite3.Connection | None = None
+        self.file: tuple[int, int] | None = None  # (device, inode) of the file the connection opened
         #: Transactions committed so far (one per batch): what group commit saves.
         self.transactions = 0
         t, j = tables.t, tables.j
@@ -94,7 +96,23 @@ class Store:
                 con.close()
                 raise
             self.con = con
+            self.file = self._identity()
+        elif self.file is not None and self._identity() != self.file:
+            raise LedgerUnavailableError(
+                f"the SQLite ledger file {self.path} was deleted or replaced while this process had it open:"
+                " refusing to record into a file the other workers no longer see (two ledgers, double sends)."
+                " Restart the workers so they all open the same file"
+            )
         return self.con
+
+    def _identity(self) -> tuple[int, int] | None:
+        if self.path == ":memory:":
+            return None
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return (-1, -1)
+        return (st.st_dev, st.st_ino)
 
     def close(self) -> None:
         """Close the connection (a new one is opened if the store is used again)."""
@@ -110,7 +128,7 @@ class Store:
         try:
             con = self.connect()
             con.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             self.close()
             raise unavailable(exc, self.path) from exc
         try:
@@ -207,7 +225,7 @@ class Store:
             con = self.connect()
             now = float(con.execute(NOW).fetchone()[0])
             row = live(self._read(con, key), now)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             self.close()
             raise unavailable(exc, self.path) from exc
         if row is None:
