@@ -110,14 +110,18 @@ class SQLiteLedger:
                             retention=self.retention)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="idemsend-sqlite")
         self._pid = os.getpid()
-        self._group: GroupCommit[Op, Any] = GroupCommit(
-            self._execute, max_batch=512 if group_commit else 1, max_pipelines=1, on_batch=on_batch,
-            error=lambda exc: unavailable(exc, self.path),
-        )
+        self._on_batch = on_batch
+        self._group = self._new_group()
         self._start_lock = asyncio.Lock()
         self._checked = False
         self._closed = False
         self._sweeper: asyncio.Task[None] | None = None
+
+    def _new_group(self) -> GroupCommit[Op, Any]:
+        return GroupCommit(
+            self._execute, max_batch=512 if self.group_commit else 1, max_pipelines=1, on_batch=self._on_batch,
+            error=lambda exc: unavailable(exc, self.path),
+        )
 
     def __repr__(self) -> str:
         return f"<SQLiteLedger path={self.path!r} table={self.table!r} retention={self.retention:g}s>"
@@ -145,6 +149,7 @@ class SQLiteLedger:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="idemsend-sqlite")
         self._pid = os.getpid()
         self._sweeper = None  # a task of the parent's event loop, which is not running here
+        self._group = self._new_group()  # a batch the parent had in flight is not this process's
 
     async def _execute(self, ops: Sequence[Op]) -> list[Any]:
         return await self._in_thread(self._store.run, ops)
@@ -214,6 +219,8 @@ class SQLiteLedger:
     # -- the state machine -------------------------------------------------------------------
 
     async def _call(self, kind: str, key: str, *args: Any) -> Any:
+        if os.getpid() != self._pid:
+            self._after_fork()
         if not self._checked:
             await self.start()
         return await self._group.submit(Op(kind, _clean(key), args))
