@@ -511,3 +511,45 @@ async def test_a_file_deleted_or_replaced_under_the_ledger_fails_closed(db: str,
             with pytest.raises(RetryableError) as caught:
                 await engine.send(Job("j3", {}), {"to": ["a"]})
         assert caught.value.reason == "ledger" and p.stats.requests == 0
+
+
+async def test_starting_on_an_existing_ledger_takes_no_write_lock(db: str) -> None:
+    """RQ starts an engine (and so a ledger) in every job's work horse: on a file whose
+    tables exist, start() only reads, so it neither waits for nor takes the write lock."""
+    first = SQLiteLedger(db)
+    await first.claim(key="k", job_id="j", payload=P1, fingerprint="fp", token="t", lease=30)
+    await first.aclose()
+    lock = LockedFile(db)
+    lock.stop()  # another process holds the write lock
+    try:
+        second = SQLiteLedger(db, timeout=0.3)
+        await second.start()
+        record = await second.get("k")
+        assert record is not None and record.state == "in_flight"
+        with pytest.raises(LedgerUnavailableError, match="busy"):  # a write waits, then fails closed
+            await second.claim(key="k2", job_id="j2", payload=P1, fingerprint="fp", token="t", lease=30)
+        await second.aclose()
+    finally:
+        lock.cleanup()
+
+
+_CLOSE_AT_EXIT = """
+import asyncio, atexit, sys, threading
+from idemsend.ledger import SQLiteLedger
+
+ledger = SQLiteLedger(sys.argv[1])
+loop = asyncio.new_event_loop()
+threading.Thread(target=loop.run_forever, daemon=True).start()
+asyncio.run_coroutine_threadsafe(ledger.start(), loop).result()
+# as the adapters' process-local engine does: close from an atexit callback, after
+# concurrent.futures has shut its executors down
+atexit.register(lambda: asyncio.run_coroutine_threadsafe(ledger.aclose(), loop).result())
+print("started", flush=True)
+"""
+
+
+def test_a_ledger_closed_at_interpreter_exit_closes_cleanly(db: str) -> None:
+    out = subprocess.run([sys.executable, "-c", _CLOSE_AT_EXIT, db], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert out.returncode == 0 and out.stdout.strip() == "started", out.stderr
+    assert "Traceback" not in out.stderr and "Exception ignored" not in out.stderr, out.stderr

@@ -278,6 +278,9 @@ class SQLiteLedger:
             await asyncio.gather(sweeper, return_exceptions=True)
         # (a sweeper of an event loop that has ended ended with it)
         self._closed = True
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._store.close)
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._store.close)
+        except RuntimeError:  # the interpreter is exiting: its executors take no more work
+            self._store.close()  # the ledger's thread is done by now: close here
         self._thread.shutdown(wait=False)
 

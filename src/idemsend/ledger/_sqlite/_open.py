@@ -56,14 +56,34 @@ def prepare(store: Store) -> tuple[tuple[int, ...], str, int]:
             con.execute(sql.format(t=store.tables.t, j=store.tables.j))
 
     try:
-        store.transaction(create)
+        if not _tables_there(con, store):  # a read: no write lock, no commit, when they exist
+            store.transaction(create)
+        for sql in COLUMNS:
+            con.execute(sql.format(t=store.tables.t, j=store.tables.j))
+    except sqlite3.Error as exc:  # reading the tables, or their columns
+        if _busy(exc):
+            raise unavailable(exc, store.path) from exc
+        raise refusal(store, exc) from None
     except LedgerUnavailableError as exc:
         cause = exc.__cause__
-        busy = isinstance(cause, sqlite3.OperationalError) and "locked" in str(cause)
-        if isinstance(cause, sqlite3.DatabaseError) and not busy:
+        if isinstance(cause, sqlite3.DatabaseError) and not _busy(cause):
             raise refusal(store, cause) from None
         raise
     return version, journal, sync
+
+
+def _busy(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+
+def _tables_there(con: sqlite3.Connection, store: Store) -> bool:
+    """Whether both tables exist (then ``start()`` writes nothing: every worker process,
+    RQ's work horse for each job among them, starts without taking the write lock)."""
+    found = con.execute(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN (?, ?)",
+        (store.tables.table, store.tables.jobs_table),
+    ).fetchone()[0]
+    return int(found) == 2
 
 
 def refusal(store: Store, exc: sqlite3.Error) -> ConfigError:
