@@ -360,7 +360,7 @@ async def _drive(
 async def run_chaos(
     queues: Sequence[str] | None = None, *, jobs: int = 10_000, dup_rate: float = 0.3, kills: int = 3,
     workers: int = 3, seed: int | None = None, adapters: Path = ADAPTERS, progress: bool = True,
-    run_dir: RunDir | None = None, ledger: str | None = None,
+    run_dir: RunDir | None = None, ledger: str | None = None, timeout: float = 900,
 ) -> list[ChaosReport]:
     """One report per queue (every registered queue by default), in order."""
     known = drivers()
@@ -371,7 +371,7 @@ async def run_chaos(
         for name in queues if queues is not None else list(known):
             reports.append(await run_queue(
                 known[name], jobs=jobs, dup_rate=dup_rate, kills=kills, seed=seed, workers=workers,
-                adapters=adapters, run_dir=logs, progress=progress, ledger=ledger,
+                adapters=adapters, run_dir=logs, progress=progress, ledger=ledger, timeout=timeout,
             ))
     except BaseException:
         if own_dir:
@@ -404,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
         f" {OWN_POSTGRES}: a throwaway PostgreSQL, SIGKILLed and restarted mid-run"
         " (pip install 'idemsend[postgres]')",
     )
+    parser.add_argument("--timeout", type=positive, default=900,
+                        help="seconds each queue gets, after its jobs are enqueued, to finish them")
     parser.add_argument("--quiet", action="store_true")
     return parser
 
@@ -427,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         reports = asyncio.run(run_chaos(
             queues, jobs=args.jobs, dup_rate=args.dup_rate, kills=args.kills, workers=args.workers, seed=args.seed,
-            adapters=args.adapters, progress=not args.quiet, run_dir=logs, ledger=args.ledger,
+            adapters=args.adapters, progress=not args.quiet, run_dir=logs, ledger=args.ledger, timeout=args.timeout,
         ))
     except BaseException:
         logs.finish(keep=True)
