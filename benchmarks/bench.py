@@ -265,6 +265,7 @@ def memory(scale: float) -> dict[str, Any]:
     n = max(2000, int(100_000 * scale))
     out["redis"] = child("memory.py", "redis", "--sends", str(n))
     out["memory"] = child("memory.py", "memory", "--sends", str(n))
+    out["sqlite"] = child("memory.py", "sqlite", "--sends", str(n))
     python = postgres_python()
     if python is None:
         out["postgres"] = {"skipped": "asyncpg is not installed"}
@@ -392,6 +393,12 @@ def markdown(results: dict[str, Any]) -> str:
                          f" {pg['sends']:,} sends, after VACUUM FULL |")
         elif pg:
             lines.append(f"| PostgresLedger | not measured | {pg.get('skipped', '')} |")
+        sq = mem.get("sqlite")
+        if sq:
+            lines.append(f"| SQLiteLedger | {sq['bytes_per_send']:.0f} (as written, before VACUUM:"
+                         f" {sq['bytes_per_send_as_written']:.0f}; {sq['transactions_per_send']:.3f} commits per"
+                         f" send at 500 in flight) | pages in use of the file over {sq['sends']:,} sends, WAL"
+                         " checkpointed, after VACUUM |")
     s = results.get("scale")
     if s:
         lines += ["", f"Scale: {s['in_flight_sends']:,} sends in flight in one process (provider saw "

@@ -13,6 +13,9 @@ Variants:
   memory    idemsend + MemoryLedger
   redis     idemsend + RedisLedger
   idemkit   idemkit's Redis backend (@idempotent) around the same aiohttp POST
+  sqlite    idemsend + SQLiteLedger on a throwaway file (synchronous=FULL, group commit)
+  sqlite-single  the same, group_commit=False: one transaction (one fsync) per call
+  sqlite-normal  the same as sqlite, synchronous=NORMAL (no fsync per commit in WAL mode)
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any
 
 import aiohttp
 
-VARIANTS = ("raw", "tenacity", "engine", "memory", "redis", "idemkit")
+VARIANTS = ("raw", "tenacity", "engine", "memory", "redis", "idemkit", "sqlite", "sqlite-single", "sqlite-normal")
 #: A provider API key of a real key's length: the engine scrubs credentials out of every
 #: response, and one under 8 characters ("bench") would make it walk every parsed answer
 #: too, which no real key does.
@@ -112,10 +115,20 @@ async def make_sender(variant: str, args: argparse.Namespace, run: str) -> tuple
         return send, close
 
     from idemsend import Engine, Job, Limits
-    from idemsend.ledger import MemoryLedger, RedisLedger
+    from idemsend.ledger import Ledger, MemoryLedger, RedisLedger, SQLiteLedger
 
-    ledger = {"engine": None, "memory": MemoryLedger(), "redis": None}[variant] if variant != "redis" else \
-        RedisLedger.from_url(args.redis, prefix=f"bench-{run}", cluster=args.cluster)
+    ledger: Ledger | None
+    if variant.startswith("sqlite"):
+        import tempfile
+
+        made = tempfile.mkdtemp(prefix="idemsend-bench-")  # removed when the run closes
+        path = f"{made}/ledger.db"
+        ledger = SQLiteLedger(path, group_commit=variant != "sqlite-single",
+                              synchronous="normal" if variant == "sqlite-normal" else "full")
+    elif variant == "redis":
+        ledger = RedisLedger.from_url(args.redis, prefix=f"bench-{run}", cluster=args.cluster)
+    else:
+        ledger = {"engine": None, "memory": MemoryLedger()}[variant]
     engine = await Engine(
         args.url, key="welcome:{user_id}:{job_id}", api_key=args.api_key, ledger=ledger,
         limits=Limits(max_in_flight=conn_limit),
@@ -124,7 +137,14 @@ async def make_sender(variant: str, args: argparse.Namespace, run: str) -> tuple
     async def send_through_engine(i: int) -> Any:
         return await engine.send(Job(f"{run}-{i}", {"user_id": f"user-{i}"}), body_for(i))
 
-    return send_through_engine, engine.aclose
+    async def close_engine() -> None:
+        await engine.aclose()
+        if variant.startswith("sqlite"):
+            import shutil
+
+            shutil.rmtree(made, ignore_errors=True)
+
+    return send_through_engine, close_engine
 
 
 async def drive(send: Callable[[int], Awaitable[Any]], first: int, count: int, concurrency: int) -> list[float]:

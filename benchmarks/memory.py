@@ -5,6 +5,7 @@
   python memory.py postgres --sends 20000 [--dsn DSN]      (needs asyncpg; a throwaway server when no DSN)
   python memory.py dynamodb --sends 2000 [--endpoint URL]  (needs idemsend[dynamodb] and moto[server]:
                                                            moto's server when no endpoint; nox -s dynamodb's venv)
+  python memory.py sqlite   --sends 100000                 (a throwaway file)
 
 Each run makes ``--sends`` completed sends the way the engine does (claim, then complete
 with the record the engine writes: id, status and the provider's response, here the
@@ -21,6 +22,9 @@ MockProvider's 66-byte answer), with the benchmark's key and job id shapes, and 
   back with a Scan, plus the 100 bytes per item DynamoDB adds for storage; and the requests
   per completed send (the ledger's ``calls``), each a write of at most 1 KB here: one write
   unit each (a write's units are its larger item, before or after, in 1 KB steps).
+* sqlite: the file's size per send (pages in use: rows, the primary keys, the expiry
+  indexes) after the WAL is checkpointed into it, as written and after ``VACUUM``; and
+  the transactions (commits, one fsync each with ``synchronous=FULL``) per send.
 """
 
 from __future__ import annotations
@@ -189,16 +193,47 @@ async def dynamodb_bytes(args: argparse.Namespace) -> dict[str, Any]:
             "requests_per_send": requests / args.sends, "calls": calls}
 
 
+async def sqlite_bytes(args: argparse.Namespace) -> dict[str, Any]:
+    import sqlite3
+    import tempfile
+
+    from idemsend.ledger import SQLiteLedger
+
+    with tempfile.TemporaryDirectory(prefix="idemsend-bench-") as tmp:
+        path = str(Path(tmp) / "ledger.db")
+        ledger = SQLiteLedger(path, sweep_interval=0)
+        await ledger.start()
+        await fill(ledger, uuid.uuid4().hex[:10], args.sends)
+        transactions = ledger.transactions
+        await ledger.aclose()
+        con = sqlite3.connect(path, isolation_level=None)
+        try:
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+            def used() -> int:
+                pages = con.execute("PRAGMA page_count").fetchone()[0]
+                free = con.execute("PRAGMA freelist_count").fetchone()[0]
+                return int((pages - free) * con.execute("PRAGMA page_size").fetchone()[0])
+
+            written = used()
+            con.execute("VACUUM")
+            live = used()
+        finally:
+            con.close()
+    return {"ledger": "sqlite", "sends": args.sends, "bytes_per_send": live / args.sends,
+            "bytes_per_send_as_written": written / args.sends, "transactions_per_send": transactions / args.sends}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("ledger", choices=["redis", "memory", "postgres", "dynamodb"])
+    ap.add_argument("ledger", choices=["redis", "memory", "postgres", "dynamodb", "sqlite"])
     ap.add_argument("--sends", type=int, default=100_000)
     ap.add_argument("--redis", default="")
     ap.add_argument("--dsn", default="")
     ap.add_argument("--endpoint", default="", help="dynamodb: the endpoint (moto's server is started when none)")
     args = ap.parse_args()
     runner = {"redis": redis_bytes, "memory": memory_bytes, "postgres": postgres_bytes,
-              "dynamodb": dynamodb_bytes}[args.ledger]
+              "dynamodb": dynamodb_bytes, "sqlite": sqlite_bytes}[args.ledger]
     print(json.dumps(asyncio.run(runner(args))), flush=True)
 
 

@@ -47,7 +47,7 @@ class ChaosReport:
     redis_restarts: int = 0
     ledger_restarts: int = 0
     broker_restarts: int = 0  # the queue's own server, where the driver runs one (restart_broker)
-    ledger_done: int | None = None  # done records in a PostgreSQL/DynamoDB ledger at the end (None: neither)
+    ledger_done: int | None = None  # done records in a PostgreSQL, SQLite or DynamoDB ledger at the end (None: none)
     worker_restarts: int = 0
     provider_requests: int = 0
     provider_sends: int = 0
@@ -97,7 +97,8 @@ def table(reports: list[ChaosReport]) -> str:
         ("Redis restarts", lambda r: r.redis_restarts),
         ("broker restarts (the driver's own server)", lambda r: r.broker_restarts),
         ("ledger PostgreSQL crashes (SIGKILL, restart)", lambda r: r.ledger_restarts),
-        ("done records in the PostgreSQL/DynamoDB ledger", lambda r: "—" if r.ledger_done is None else r.ledger_done),
+        ("done records in the ledger (PostgreSQL, SQLite, DynamoDB)", lambda r: "—" if r.ledger_done is None
+         else r.ledger_done),
         ("faults injected", lambda r: ", ".join(f"{k} {v}" for k, v in sorted(r.faults.items()))),
         ("provider requests", lambda r: r.provider_requests), ("provider sends", lambda r: r.provider_sends),
         ("double sends", lambda r: r.double_sends), ("jobs sent", lambda r: r.sent),
@@ -228,6 +229,8 @@ class _Tables:
         """How many done records the ledger's table holds (proof the workers used it)."""
         if self.url is None or self.table is None:
             return None
+        if self.url.startswith("sqlite://"):
+            return _sqlite_done(self.url, self.table)
         import asyncpg
 
         conn = await asyncpg.connect(self.url.split("?", 1)[0])
@@ -238,8 +241,8 @@ class _Tables:
             await conn.close()
 
     async def drop(self) -> None:
-        if self.url is None or self.table is None:
-            return
+        if self.url is None or self.table is None or self.url.startswith("sqlite://"):
+            return  # a SQLite file is the caller's: its tables stay, for a look afterwards
         import asyncpg
 
         conn = await asyncpg.connect(self.url.split("?", 1)[0])
@@ -286,10 +289,24 @@ class _DynamoTable(_Tables):
             await made.aclose()
 
 
+def _sqlite_done(url: str, table: str) -> int:
+    import sqlite3
+
+    from idemsend.ledger._url import sqlite_path
+
+    con = sqlite3.connect(sqlite_path(url), timeout=30)
+    try:
+        count: int = con.execute(f"SELECT count(*) FROM \"{table}\" WHERE state = 'done'").fetchone()[0]
+        return count
+    finally:
+        con.close()
+
+
 async def _own_tables(ledger: str | None, prefix: str) -> _Tables:
     """Make the tables of the run's Postgres ledger (the workers' ``IDEMSEND_LEDGER_PREFIX``
     names them), or its DynamoDB table, before any worker starts: workers do not create
-    tables."""
+    tables. A SQLite ledger's workers make theirs; its done records are counted at the end all
+    the same."""
     if ledger is not None and ledger.startswith("dynamodb://"):
         from idemsend.ledger import ledger_from_url
 
@@ -299,6 +316,10 @@ async def _own_tables(ledger: str | None, prefix: str) -> _Tables:
         finally:
             await made.aclose()
         return _DynamoTable(ledger, prefix)
+    if ledger is not None and ledger.startswith("sqlite://"):
+        from idemsend.ledger import postgres_table_for_prefix
+
+        return _Tables(ledger, postgres_table_for_prefix(prefix))
     if ledger is None or not ledger.startswith(("postgresql://", "postgres://")):
         return _Tables()
     from idemsend.adapters.qstash import PostgresReplayGuard
@@ -390,7 +411,7 @@ async def _drive(
 async def run_chaos(
     queues: Sequence[str] | None = None, *, jobs: int = 10_000, dup_rate: float = 0.3, kills: int = 3,
     workers: int = 3, seed: int | None = None, adapters: Path = ADAPTERS, progress: bool = True,
-    run_dir: RunDir | None = None, ledger: str | None = None,
+    run_dir: RunDir | None = None, ledger: str | None = None, timeout: float = 900,
 ) -> list[ChaosReport]:
     """One report per queue (every registered queue by default), in order."""
     known = drivers()
@@ -401,7 +422,7 @@ async def run_chaos(
         for name in queues if queues is not None else list(known):
             reports.append(await run_queue(
                 known[name], jobs=jobs, dup_rate=dup_rate, kills=kills, seed=seed, workers=workers,
-                adapters=adapters, run_dir=logs, progress=progress, ledger=ledger,
+                adapters=adapters, run_dir=logs, progress=progress, ledger=ledger, timeout=timeout,
             ))
     except BaseException:
         if own_dir:
@@ -435,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
         " (pip install 'idemsend[postgres]'); dynamodb://TABLE?region=...&endpoint_url=... gets that"
         " table made for the run (with TTL on) and deleted after (pip install 'idemsend[dynamodb]')",
     )
+    parser.add_argument("--timeout", type=positive, default=900,
+                        help="seconds each queue gets, after its jobs are enqueued, to finish them")
     parser.add_argument("--quiet", action="store_true")
     return parser
 
@@ -458,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         reports = asyncio.run(run_chaos(
             queues, jobs=args.jobs, dup_rate=args.dup_rate, kills=args.kills, workers=args.workers, seed=args.seed,
-            adapters=args.adapters, progress=not args.quiet, run_dir=logs, ledger=args.ledger,
+            adapters=args.adapters, progress=not args.quiet, run_dir=logs, ledger=args.ledger, timeout=args.timeout,
         ))
     except BaseException:
         logs.finish(keep=True)

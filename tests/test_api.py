@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -183,6 +184,7 @@ def test_cli_version_and_option_help() -> None:
         (("demo", "--jobs", "x"), 2, "whole number"),
         (("inspect", "k", "--ledger", "foo://x"), 2, "unknown ledger URL scheme 'foo'"),
         (("inspect", "k", "--redis", "redis://127.0.0.1:1/0"), 1, "cannot reach the ledger"),
+        (("inspect", "k", "--ledger", "sqlite:////nonexistent-dir-idemsend/l.db"), 2, "does not exist"),
         (("inspect", "k"), 2, "one of the arguments --ledger --redis --postgres is required"),
     ],
 )
@@ -190,6 +192,24 @@ def test_cli_answers_ordinary_mistakes_in_one_line(args: tuple[str, ...], status
     out = _cli(*args)
     assert out.returncode == status, out.stderr
     assert needle in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_inspect_reads_a_sqlite_ledger(tmp_path: Path) -> None:
+    import asyncio
+
+    from idemsend.ledger import SQLiteLedger
+
+    async def record() -> None:
+        ledger = SQLiteLedger(tmp_path / "ledger.db")
+        await ledger.claim(key="k1", job_id="j1", payload=b"{}", fingerprint="fp", token="t", lease=30)
+        assert await ledger.complete(key="k1", token="t", response={"id": "em_1", "status": 200}) == "ok"
+        await ledger.aclose()
+
+    asyncio.run(record())
+    out = _cli("inspect", "k1", "--ledger", f"sqlite:///{tmp_path}/ledger.db")
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)
+    assert shown["state"] == "done" and shown["provider_id"] == "em_1" and shown["job_id"] == "j1"
 
 
 def test_mock_provider_on_a_port_in_use_says_so() -> None:

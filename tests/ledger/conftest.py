@@ -23,11 +23,14 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import subprocess
+import sys
 import threading
 import urllib.parse
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import pytest
@@ -43,7 +46,10 @@ NO_ASYNCPG = "asyncpg is not installed: pip install 'idemsend[postgres]' (nox -s
 
 #: The stores the process tests run on (pytest ids; "redis" also gets the `redis` marker,
 #: "postgres" the `postgres` marker, "dynamodb" the `dynamodb` marker: moto's server).
-STORES = (["redis", "postgres"] if HAVE_ASYNCPG else ["redis"]) + (["dynamodb"] if HAVE_DYNAMODB else [])
+#: "sqlite": a file of the test's own (stdlib only).
+STORES = (["redis", "postgres", "sqlite"] if HAVE_ASYNCPG else ["redis", "sqlite"]) + (
+    ["dynamodb"] if HAVE_DYNAMODB else []
+)
 #: The same for the shared servers, where PostgreSQL runs on a C and an en-US database.
 SHARED_STORES = [*STORES, "postgres-en-US"] if HAVE_ASYNCPG else STORES
 
@@ -110,6 +116,8 @@ class Store:
 
     def ledger(self, *, prefix: str = "idemsend", **options: Any) -> Ledger:
         """A new ledger over this store (``socket_timeout`` means the store's timeout)."""
+        if self.kind == "sqlite" and "socket_timeout" in options:
+            options["timeout"] = options.pop("socket_timeout")
         if self.kind == "postgres":
             if "socket_timeout" in options:
                 options["timeout"] = options.pop("socket_timeout")
@@ -125,6 +133,8 @@ class Store:
         """tests/workers/send_jobs.py's flags for this store."""
         if self.kind == "redis":
             return ["--redis", self.url]
+        if self.kind == "sqlite":
+            return ["--ledger", self.url]
         return ["--ledger", with_params(self.url, create_table="true")]  # dynamodb:// takes it too
 
     def _owned(self) -> _Server:
@@ -163,7 +173,56 @@ def unlogged_tables(table: str) -> str:
     return schema_sql(table).replace("CREATE TABLE", "CREATE UNLOGGED TABLE")
 
 
+class LockedFile:
+    """What "stopping" a SQLite ledger's store means: another process holds the file's
+    write lock (``BEGIN EXCLUSIVE``), so every write waits out its busy timeout and fails;
+    "starting" it again SIGKILLs that process (the OS drops its lock). ``stop`` returns once
+    the lock is held."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.holder: subprocess.Popen[bytes] | None = None
+
+    def stop(self) -> None:
+        self.kill()
+        self.holder = subprocess.Popen(
+            [sys.executable, "-c", _HOLD_LOCK, self.path], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        assert self.holder.stdout is not None
+        line = self.holder.stdout.readline()
+        assert line.strip() == b"locked", (line, self.holder.stderr.read() if self.holder.stderr else b"")
+
+    def start(self) -> None:
+        self.kill()
+
+    def kill(self) -> None:
+        if self.holder is not None:
+            self.holder.kill()
+            self.holder.communicate()  # waits, and closes its pipes
+            self.holder = None
+
+    def cleanup(self) -> None:
+        self.kill()
+
+
+#: A process that takes a SQLite file's write lock, says "locked", and holds it until killed.
+_HOLD_LOCK = """
+import sqlite3, sys, time
+con = sqlite3.connect(sys.argv[1], timeout=60, isolation_level=None)
+con.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(3600)
+"""
+
+
+def _sqlite_url(request: pytest.FixtureRequest) -> str:
+    tmp_path: Path = request.getfixturevalue("tmp_path")
+    return f"sqlite:///{tmp_path / 'ledger.db'}"
+
+
 def _make_shared(kind: str, request: pytest.FixtureRequest) -> Store:
+    if kind == "sqlite":
+        return Store("sqlite", _sqlite_url(request), persistent=True)
     if kind == "redis":
         return Store("redis", request.getfixturevalue("redis_url"))
     if kind in ("postgres", "postgres-en-US"):
@@ -174,7 +233,12 @@ def _make_shared(kind: str, request: pytest.FixtureRequest) -> Store:
     raise AssertionError(kind)
 
 
-def _make_own(kind: str, persistent: bool) -> Store:
+def _make_own(kind: str, persistent: bool, request: pytest.FixtureRequest) -> Store:
+    if kind == "sqlite":
+        if not persistent:
+            pytest.skip("a SQLite file keeps every commit: it has no restart that loses records")
+        url = _sqlite_url(request)
+        return Store("sqlite", url, persistent=True, server=LockedFile(url.removeprefix("sqlite:///")))
     if kind == "redis":
         server = RedisServer(appendonly=persistent).start()
         return Store("redis", server.url, persistent=persistent, server=server)
@@ -223,7 +287,7 @@ def own_store(request: pytest.FixtureRequest) -> Iterator[Callable[..., Store]]:
     made: list[Store] = []
 
     def make(*, persistent: bool) -> Store:
-        store = _make_own(request.param, persistent)
+        store = _make_own(request.param, persistent, request)
         made.append(store)
         return store
 

@@ -257,3 +257,63 @@ class TestPostgresLedger(LedgerContract):
             pg_server.start()
 
         return restart
+
+
+# -- SQLiteLedger: a file of its own per test, made through ledger_from_url ------------------
+
+
+class TestSQLiteLedger(LedgerContract):
+    """Every ledger a test makes opens the one file (as the workers of one host do), each on
+    its own connection and thread. No ``store_restart``: there is no server to restart (a
+    process holding the file being killed is tests/ledger/test_sqlite.py's)."""
+
+    @pytest.fixture
+    def db_path(self, tmp_path: Any) -> str:
+        return str(tmp_path / "ledger.db")
+
+    @pytest.fixture
+    async def make_ledger(self, db_path: str) -> AsyncIterator[MakeLedger]:
+        made: list[Ledger] = []
+
+        async def make(*, retention: float | None = None) -> Ledger:
+            options: dict[str, Any] = {} if retention is None else {"retention": retention}
+            ledger = ledger_from_url(f"sqlite:///{db_path}", **options)
+            made.append(ledger)
+            await ledger.start()
+            return ledger
+
+        yield make
+        for ledger in made:
+            await ledger.aclose()
+
+    @pytest.fixture
+    def store_forget(self, db_path: str) -> StoreAction:
+        async def forget() -> None:  # behind the ledgers' backs, on a connection of its own
+            sqlite_execute(db_path, "DELETE FROM idemsend_ledger", "DELETE FROM idemsend_ledger_jobs")
+
+        return forget
+
+    @pytest.fixture
+    def store_backdate(self, db_path: str) -> Backdate:
+        async def backdate(key: str, seconds: float) -> None:
+            changed = sqlite_execute(
+                db_path, "UPDATE idemsend_ledger SET first_sent_at = first_sent_at - ? WHERE key = ?",
+                params=(float(seconds), key),
+            )
+            assert changed == 1, key
+
+        return backdate
+
+
+def sqlite_execute(path: str, *statements: str, params: tuple[Any, ...] = ()) -> int:
+    """Run statements on a connection of their own (committed); answers the rows the last changed."""
+    import sqlite3
+
+    con = sqlite3.connect(path, timeout=30, isolation_level=None)
+    try:
+        changed = 0
+        for sql in statements:
+            changed = con.execute(sql, params).rowcount
+        return changed
+    finally:
+        con.close()

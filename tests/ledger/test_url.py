@@ -209,5 +209,49 @@ def test_options_a_ledger_does_not_take_are_a_type_error() -> None:
 def test_every_scheme_has_one_entry_in_the_registry() -> None:
     """A new ledger adds its schemes to one table (the Postgres ledger has two entries)."""
     assert sorted(_SCHEMES) == [
-        "dynamodb", "memory", "postgres", "postgresql", "redis", "redis+cluster", "rediss", "rediss+cluster", "unix",
+        "dynamodb", "memory", "postgres", "postgresql", "redis", "redis+cluster", "rediss", "rediss+cluster", "sqlite",
+        "unix",
     ]
+
+
+# -- sqlite:/// ---------------------------------------------------------------------------------
+
+
+async def test_sqlite_urls_make_a_working_ledger_on_that_file(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from idemsend.ledger import SQLiteLedger
+
+    absolute = ledger_from_url(f"sqlite:///{tmp_path}/abs.db", prefix="my-app")
+    assert isinstance(absolute, SQLiteLedger) and absolute.path == f"{tmp_path}/abs.db"
+    assert absolute.table == "my_app_ledger"  # named by the prefix, as for PostgreSQL
+    await round_trip(absolute)
+    await absolute.aclose()
+    monkeypatch.chdir(tmp_path)
+    relative = ledger_from_url("sqlite:///rel%20name.db?synchronous=normal&timeout=2.5&table=mine&retention=90000")
+    assert isinstance(relative, SQLiteLedger) and relative.path == f"{tmp_path}/rel name.db"
+    assert (relative.synchronous, relative.timeout, relative.table, relative.retention) == (
+        "normal", 2.5, "mine", 90000.0
+    )
+    await round_trip(relative)
+    await relative.aclose()
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("sqlite://host/ledger.db", "takes no host"),
+        ("sqlite://", "needs a file path"),
+        ("sqlite:///", "needs a file path"),
+        ("sqlite:///l.db?mode=ro", "unknown sqlite:// ledger URL parameter 'mode'"),
+        ("sqlite:///l.db?timeout=soon", "timeout in the ledger URL"),
+        ("sqlite:///l.db?synchronous=off", "synchronous must be"),
+        ("sqlite:///l.db?table=Bad-Name", "invalid SQLite ledger table name"),
+    ],
+)
+def test_sqlite_urls_the_ledger_cannot_use_are_config_errors(url: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        ledger_from_url(url)
+
+
+def test_a_sqlite_prefix_that_makes_no_table_name_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="the prefix '9 lives' makes no SQLite table name"):
+        ledger_from_url("sqlite:///l.db", prefix="9 lives")

@@ -79,7 +79,8 @@ def _version() -> str:
 def _ledger_options(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument(
-        "--ledger", metavar="URL", help="the ledger's URL: redis://, redis+cluster://, postgresql://, dynamodb://"
+        "--ledger", metavar="URL",
+        help="the ledger's URL: sqlite:///, redis://, redis+cluster://, postgresql://, dynamodb://",
     )
     where.add_argument("--redis", metavar="URL", help="same as --ledger, for a RedisLedger")
     where.add_argument("--postgres", metavar="DSN", help="same as --ledger, for a PostgresLedger")
@@ -109,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dup-rate", type=rate, default=0.3, help="share of jobs delivered twice")
     demo.add_argument("--fault-rate", type=rate, default=0.1, help="share of requests that meet a fault")
     demo.add_argument("--concurrency", type=positive, default=100, help="sends in flight at once")
-    demo.add_argument("--no-ledger", action="store_true", help="run without the MemoryLedger")
+    demo.add_argument(
+        "--no-ledger", action="store_true", help="run without the ledger (a SQLiteLedger on a throwaway file)"
+    )
     demo.add_argument("--seed", type=int, default=None, help="random seed, for a repeatable run")
     demo.add_argument("--quiet", action="store_true", help="no progress output")
     demo.add_argument(

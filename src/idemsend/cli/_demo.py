@@ -9,7 +9,9 @@ At the end the provider's own count must equal the job count: no double send, no
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from .._engine import Engine
 from .._errors import FatalError, RetryableError
 from .._hooks import Hook
 from .._keys import Job
-from ..ledger import MemoryLedger
+from ..ledger import SQLiteLedger
 from ..testing._mock import Faults, MockProvider
 from ._progress import Progress
 
@@ -116,13 +118,16 @@ async def run_demo(
     bar = Progress(jobs, "demo", enabled=progress)
     start = time.monotonic()
 
+    # the ledger's file: a throwaway one, deleted at the end (or, on an error, when collected)
+    tmp = tempfile.TemporaryDirectory(prefix="idemsend-demo-")
     async with MockProvider(processing_delay=0.002, faults=faults, seed=seed) as provider:
-        # Two engines, as two worker processes would have, sharing one ledger.
-        shared = MemoryLedger() if ledger else None
+        # Two engines, as two worker processes on one host would have, each with its own
+        # SQLiteLedger on one file.
         engines = [
             Engine(
                 provider.emails_url, key="welcome:{user_id}:{job_id}", api_key=provider.api_key,
-                ledger=shared, retry=RetryPolicy(retries=1, backoff=0.01), in_flight=InFlightWait(delay=0.05),
+                ledger=SQLiteLedger(os.path.join(tmp.name, "ledger.db"), sweep_interval=0) if ledger else None,
+                retry=RetryPolicy(retries=1, backoff=0.01), in_flight=InFlightWait(delay=0.05),
                 limits=Limits(max_in_flight=concurrency), hooks=hooks,
             )
             for _ in range(2)
@@ -187,4 +192,5 @@ async def run_demo(
     report.unconfirmed_jobs = sum(1 for job in unfinished if sends_by_key[_key(job)] > 0)
     report.lost_jobs = len(unfinished) - report.unconfirmed_jobs
     report.seconds = time.monotonic() - start
+    tmp.cleanup()
     return report

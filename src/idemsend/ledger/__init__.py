@@ -1,9 +1,10 @@
 """Ledgers: where sends are recorded so replays stay safe past the provider's window.
 
-``MemoryLedger`` is the embedded default for one process; ``RedisLedger`` (extra
+``MemoryLedger`` is the embedded default for one process; ``SQLiteLedger`` (stdlib
+``sqlite3``, no extra) the durable one for every process of one host; ``RedisLedger`` (extra
 ``idemsend[redis]``) and ``PostgresLedger`` (extra ``idemsend[postgres]``) serve many
 processes and machines. ``ledger_from_url`` makes any of them from a URL (``memory://``,
-``redis://``, ``redis+cluster://``, ``postgresql://``...; ``postgres_table_for_prefix`` names
+``sqlite:///``, ``redis://``, ``redis+cluster://``, ``postgresql://``...; ``postgres_table_for_prefix`` names
 the table a ``postgresql://`` URL's key prefix picks). Import them from here; the
 redis and asyncpg packages are only imported when ``RedisLedger`` or ``PostgresLedger``
 is first used. (``PostgresLedger`` is not in ``__all__``: a star import, or a check that
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from ._dynamodb import DynamoDBLedger as DynamoDBLedger  # not in __all__: see the docstring
     from ._postgres import PostgresLedger as PostgresLedger  # not in __all__: see the docstring
     from ._redis import RedisLedger
+    from ._sqlite import SQLiteLedger
 
 __all__ = [
     "DEFAULT_LEASE",
@@ -67,6 +69,7 @@ __all__ = [
     "RecordState",
     "Recorded",
     "RedisLedger",
+    "SQLiteLedger",
     "SettleResult",
     "StoreFacts",
     "Unstable",
@@ -82,6 +85,10 @@ def __getattr__(name: str) -> Any:
         from ._redis import RedisLedger
 
         return RedisLedger
+    if name == "SQLiteLedger":
+        from ._sqlite import SQLiteLedger
+
+        return SQLiteLedger
     if name == "PostgresLedger":
         from ._postgres import PostgresLedger as PostgresLedger  # not in __all__: see the docstring
 

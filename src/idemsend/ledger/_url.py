@@ -95,6 +95,58 @@ def _dynamodb(url: str, prefix: str, options: dict[str, Any]) -> Ledger:
     return DynamoDBLedger(table, prefix=prefix, **{**query, **options})
 
 
+def sqlite_path(url: str) -> str:
+    """The file a ``sqlite:///`` URL names: ``sqlite:///ledger.db`` is ``ledger.db`` (relative
+    to the working directory), ``sqlite:////var/lib/app/ledger.db`` the absolute path,
+    ``sqlite:///:memory:`` a throwaway in-memory ledger; percent-escapes are decoded.
+    ``ConfigError`` for a host (``sqlite://host/...``) or no path."""
+    from urllib.parse import unquote
+
+    rest = url.partition("://")[2].partition("?")[0].partition("#")[0]
+    host, slash, path = rest.partition("/")
+    if host:
+        raise ConfigError(
+            f"a sqlite:// ledger URL takes no host, got {safe_url(url)}: write sqlite:///relative/path.db or"
+            " sqlite:////absolute/path.db (three slashes, then the path)"
+        )
+    path = unquote(path)
+    if not slash or not path:
+        raise ConfigError(f"a sqlite:// ledger URL needs a file path, got {safe_url(url)}: e.g. sqlite:///ledger.db")
+    return path
+
+
+def _sqlite(url: str, prefix: str, options: dict[str, Any]) -> Ledger:
+    from ._sqlite import SQLiteLedger
+
+    query = dict(parse_qsl(urlsplit(url).query))
+    for name, value in query.items():
+        if name in ("table", "synchronous"):
+            options.setdefault(name, value)
+        elif name in ("timeout", "retention"):
+            try:
+                options.setdefault(name, float(value))
+            except ValueError:
+                raise ConfigError(f"{name} in the ledger URL {safe_url(url)} must be a number") from None
+        else:
+            raise ConfigError(
+                f"unknown sqlite:// ledger URL parameter {name!r}; known: table, synchronous, timeout, retention"
+            )
+    if "table" not in options:
+        from ._sqlite import validate_table
+
+        table = postgres_table_for_prefix(prefix)  # the same rule: <prefix>_ledger
+        try:
+            validate_table(table)
+        except ConfigError:
+            raise ConfigError(
+                f"the prefix {prefix!r} makes no SQLite table name ({table!r}): a SQLite ledger's prefix names its"
+                " table <prefix>_ledger, so use letters, digits, '_' or '-', not starting with a digit; or pass"
+                " table=..."
+            ) from None
+        options["table"] = table
+    return SQLiteLedger(sqlite_path(url), **options)
+
+
 _SCHEMES: dict[str, LedgerFactory] = {
     "memory": _memory,
     "redis": _redis,
@@ -105,6 +157,7 @@ _SCHEMES: dict[str, LedgerFactory] = {
     "postgresql": _postgres,
     "postgres": _postgres,
     "dynamodb": _dynamodb,
+    "sqlite": _sqlite,
 }
 
 
@@ -121,6 +174,9 @@ def ledger_from_url(url: str, *, prefix: str = "idemsend", **options: Any) -> Le
       and ``?statement_cache_size=0`` (PgBouncer) are read from the URL too.
     * ``dynamodb://TABLE?region=...&endpoint_url=...``: a ``DynamoDBLedger`` on that
       table (``?create_table=true`` too), its items namespaced by ``prefix``.
+    * ``sqlite:///path.db`` (relative), ``sqlite:////abs/path.db``: a ``SQLiteLedger`` on
+      that file, its table ``<prefix>_ledger`` as for PostgreSQL unless ``table=`` is given;
+      ``?synchronous=normal``, ``?timeout=`` and ``?table=`` are read from the URL too.
 
     ``options`` go to the ledger's constructor (``retention=``, ``allow_eviction=``,
     ``socket_timeout=``, ``max_records=``, ``timeout=``, ``create_table=``...); one it

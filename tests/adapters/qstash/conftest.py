@@ -1,6 +1,6 @@
 """Stores for the durable replay guard tests: the ledger's store, which the guard shares.
 
-``guard_store`` (parametrized ``redis``, ``cluster``, ``postgres``): a shared server and
+``guard_store`` (parametrized ``redis``, ``cluster``, ``postgres``, ``sqlite``): a shared server and
 names of this test's own (a fresh Redis key prefix; PostgreSQL tables in this session's
 schema, dropped at its end). ``own_guard_store`` (``redis``, ``postgres``): a throwaway
 server for this test alone, so it may stop it. PostgreSQL is skipped, saying why, where
@@ -23,6 +23,7 @@ from tests.ledger.conftest import (
     HAVE_ASYNCPG,
     LOCAL_POSTGRES,
     NO_ASYNCPG,
+    LockedFile,
     _answers,
     own_postgres,
     pg_execute,
@@ -73,7 +74,7 @@ def qstash_postgres_url() -> Iterator[str]:
             server.cleanup()
 
 
-@pytest.fixture(params=["redis", "cluster", "postgres"])
+@pytest.fixture(params=["redis", "cluster", "postgres", "sqlite"])
 def guard_store(request: pytest.FixtureRequest) -> GuardStore:
     """A shared store of this kind, with names of this test's own."""
     kind = request.param
@@ -81,14 +82,21 @@ def guard_store(request: pytest.FixtureRequest) -> GuardStore:
         return GuardStore(kind, request.getfixturevalue("redis_url"))
     if kind == "cluster":
         return GuardStore(kind, request.getfixturevalue("cluster_url"))
+    if kind == "sqlite":  # a file of this test's own, shared by every "process" of the test
+        return GuardStore(kind, f"sqlite:///{request.getfixturevalue('tmp_path')}/ledger.db")
     return GuardStore(kind, request.getfixturevalue("qstash_postgres_url"))
 
 
-@pytest.fixture(params=["redis", "postgres"])
+@pytest.fixture(params=["redis", "postgres", "sqlite"])
 def own_guard_store(request: pytest.FixtureRequest) -> Iterator[GuardStore]:
-    """A store on a server of this test's own (``store.server.stop()`` takes it down)."""
-    if request.param == "redis":
-        server: Any = RedisServer().start()
+    """A store on a server of this test's own (``store.server.stop()`` takes it down; for
+    SQLite, another process takes the file's write lock and holds it)."""
+    if request.param == "sqlite":
+        path = f"{request.getfixturevalue('tmp_path')}/ledger.db"
+        server: Any = LockedFile(path)
+        store = GuardStore("sqlite", f"sqlite:///{path}", server=server)
+    elif request.param == "redis":
+        server = RedisServer().start()
         store = GuardStore("redis", server.url, server=server)
     else:
         server = own_postgres()

@@ -52,7 +52,8 @@ message id, and each fresh id would be a new job, so a new send. Two defences, p
   shared by every webhook process and outlive a restart to be a defence. Without
   ``replay_guard=`` it is kept in the engine's ledger's store: ``RedisReplayGuard`` on a
   ``RedisLedger``'s client (Cluster too), ``PostgresReplayGuard`` in a table beside a
-  ``PostgresLedger``'s. With any other ledger (``MemoryLedger``, none) the handler is
+  ``PostgresLedger``'s, ``SQLiteReplayGuard`` in a table of a ``SQLiteLedger``'s file.
+  With any other ledger (``MemoryLedger``, none) the handler is
   refused (``ConfigError``) unless ``allow_volatile_replay_guard=True`` (or an explicit
   ``replay_guard=InMemoryReplayGuard()``) says one process serves the endpoint and is
   never restarted within a token's lifetime; that default logs a WARNING at start. If
@@ -94,6 +95,7 @@ from ._message import (
     retry_after_seconds,
 )
 from ._pg_guard import DEFAULT_GUARD_TABLE, PostgresReplayGuard, guard_schema_sql
+from ._sqlite_guard import SQLiteReplayGuard
 
 __all__ = [
     "DEFAULT_GUARD_TABLE",
@@ -112,6 +114,7 @@ __all__ = [
     "RedisReplayGuard",
     "ReplayGuardUnavailable",
     "Response",
+    "SQLiteReplayGuard",
     "SignatureReplayGuard",
     "default_job_id",
     "default_parse",

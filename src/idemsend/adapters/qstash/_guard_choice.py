@@ -3,8 +3,9 @@ it makes guard objects, but does no I/O), and ``GuardSlot``, the guard over the 
 life (chosen, started, asked, closed).
 
 * ``job_id_from="body"``: none is needed (a replay is the same job).
-* the engine's ledger keeps its records in Redis or PostgreSQL: a guard in that store
-  (``RedisReplayGuard.for_ledger``, ``PostgresReplayGuard.for_ledger``), so a token's
+* the engine's ledger keeps its records in Redis, PostgreSQL or SQLite: a guard in that
+  store (``RedisReplayGuard.for_ledger``, ``PostgresReplayGuard.for_ledger``,
+  ``SQLiteReplayGuard.for_ledger``), so a token's
   ``jti`` outlives a restart and is seen by every process using the ledger.
 * otherwise (a ``MemoryLedger``, no ledger, a ledger of another kind): refused with
   ``ConfigError``, since a guard in process memory forgets every token at a restart (a
@@ -45,7 +46,8 @@ class GuardChoice:
 
 def durable_guard_for(ledger: Any) -> SignatureReplayGuard | None:
     """A guard kept in ``ledger``'s store, sharing its client or pool: for a
-    ``RedisLedger`` (plain or Cluster) or a ``PostgresLedger``; None for any other ledger."""
+    ``RedisLedger`` (plain or Cluster), a ``PostgresLedger`` or a ``SQLiteLedger``; None for
+    any other ledger."""
     # Look the ledger classes up only if their modules are loaded: a ledger of that class
     # exists only then, and importing them would need their extras.
     redis_ledgers = sys.modules.get("idemsend.ledger._redis")
@@ -56,6 +58,11 @@ def durable_guard_for(ledger: Any) -> SignatureReplayGuard | None:
         from ._pg_guard import PostgresReplayGuard
 
         return PostgresReplayGuard.for_ledger(ledger)
+    sqlite_ledgers = sys.modules.get("idemsend.ledger._sqlite")
+    if sqlite_ledgers is not None and isinstance(ledger, sqlite_ledgers.SQLiteLedger):
+        from ._sqlite_guard import SQLiteReplayGuard
+
+        return SQLiteReplayGuard.for_ledger(ledger)
     return None
 
 
@@ -77,8 +84,9 @@ def choose_replay_guard(
     raise ConfigError(
         f"QStashHandler has no durable replay guard: its engine has {kind}, and a guard in process memory"
         " forgets every token at a restart, after which a captured delivery is accepted again under a fresh"
-        " Upstash-Message-Id (a second send). Use a Redis or PostgreSQL ledger (the guard then lives in its"
-        " store), pass replay_guard=RedisReplayGuard.from_url(...) or PostgresReplayGuard.from_url(...), or"
+        " Upstash-Message-Id (a second send). Use a Redis, PostgreSQL or SQLite ledger (the guard then"
+        " lives in its store), pass replay_guard=RedisReplayGuard.from_url(...),"
+        " PostgresReplayGuard.from_url(...) or SQLiteReplayGuard(path), or"
         ' take the job id from the signed body (job_id_from="body"). For one process that is never restarted'
         " within a token's lifetime, pass allow_volatile_replay_guard=True (or"
         " replay_guard=InMemoryReplayGuard()). See docs/qstash-security.md"
