@@ -75,8 +75,10 @@ class StandardWebhooks:
     often answer 204), never a replay by itself (receivers dedupe ``webhook-id`` silently).
     410 Gone is ``ENDPOINT_GONE`` with ``scope="engine"``: the endpoint asks to stop
     receiving, which is the setup's fate, not this message's, so nothing is recorded
-    against the key. Everything else follows the shared rules (401/403/404 setup, 429/408/5xx
-    retry with ``Retry-After``, other 4xx final for the message)."""
+    against the key. A 409 is in flight (the receiver is still processing this
+    ``webhook-id``): the engine waits and sends again, signed afresh. Everything else follows
+    the shared rules (401/403/404 setup, 429/408/5xx retry with ``Retry-After``, other 4xx
+    final for the message)."""
 
     def classify(self, response: HTTPResponse) -> Outcome:
         """The outcome of one HTTP answer (see the class docstring)."""
@@ -93,6 +95,8 @@ class StandardWebhooks:
                 " remove or fix the endpoint)",
                 scope="engine",
             )
+        if response.status == 409:
+            return InFlight(message or _IN_FLIGHT)
         return _after(response, None, message)
 
 
