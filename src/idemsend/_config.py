@@ -279,8 +279,8 @@ class Provider:
     @classmethod
     def plaid(cls) -> Provider:
         """Plaid Transfer (``/transfer/authorization/create``): the body's
-        ``idempotency_key``, 50 characters, remembered at least 7 days."""
-        return cls(classifier=Plaid(), key_field="idempotency_key", max_key_length=50, window=7 * DAY)
+        ``idempotency_key``, 50 characters; an authorization's key "expires after 48 hours"."""
+        return cls(classifier=Plaid(), key_field="idempotency_key", max_key_length=50, window=2 * DAY)
 
     @classmethod
     def brevo(cls) -> Provider:

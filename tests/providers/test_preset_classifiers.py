@@ -148,7 +148,7 @@ def test_410_gone_is_engine_scope_only_for_webhooks() -> None:
     ("make", "header", "field", "length", "window"),
     [
         (lambda: Provider.square(), "Idempotency-Key", "idempotency_key", 45, 86400.0),
-        (lambda: Provider.plaid(), "Idempotency-Key", "idempotency_key", 50, 7 * 86400.0),
+        (lambda: Provider.plaid(), "Idempotency-Key", "idempotency_key", 50, 2 * 86400.0),
         (lambda: Provider.brevo(), "Idempotency-Key", "headers.idempotencyKey", 255, 900.0),
         (lambda: Provider.adyen(), "Idempotency-Key", None, 64, 31 * 86400.0),
         (lambda: Provider.paypal(), "PayPal-Request-Id", None, 108, 86400.0),
