@@ -80,3 +80,11 @@ async def test_an_echoed_signature_reaches_no_error(
     assert "[redacted]" in str(caught.value)
     _clean(str(caught.value) + repr(caught.value) + repr(caught.value.tries), seen)
     _clean(caplog.text, seen)
+
+
+def test_a_transport_request_repr_shows_no_header_or_body() -> None:
+    from idemsend import TransportRequest
+
+    request = TransportRequest("http://h/x", {"webhook-signature": "v1,c2lnbmF0dXJl"}, b"body-bytes", 5.0)
+    assert "c2lnbmF0dXJl" not in repr(request) and "body-bytes" not in repr(request)
+    assert request.headers["webhook-signature"] == "v1,c2lnbmF0dXJl"
