@@ -27,7 +27,7 @@ from ._log import fields, key_ref
 from ._prepared import PreparedSend, TryHistory
 from ._redact import Redactor, is_secret_header
 from ._result import SendResult
-from ._signing import Signer, sign_try
+from ._signing import Signer, merge_signed, sign_try
 from ._transport import Transport, TransportError, TransportRequest
 
 __all__ = ["Attempts", "finite_delay"]
@@ -190,7 +190,7 @@ class Attempts:
             if self._signer is not None:
                 # signed now, once the slot is ours: the timestamp is this try's own
                 signed = sign_try(self._signer, key, payload, history.next_number)
-                headers.update(signed)
+                headers = merge_signed(headers, signed, key_header=self._idem_header, key=key)
                 # a receiver that echoes a signature back must not put it in a result or record
                 redact = redact.adding(v for k, v in signed.items() if is_secret_header(k))
             # Open from the moment the request may leave, so a cancellation mid-request is

@@ -31,7 +31,9 @@ from typing import Protocol, runtime_checkable
 
 from ._errors import ConfigError, IdemsendError
 
-__all__ = ["MIN_SECRET_BYTES", "SignRequest", "Signer", "StandardWebhooksSigner", "parse_whsec", "sign_try"]
+__all__ = [
+    "MIN_SECRET_BYTES", "SignRequest", "Signer", "StandardWebhooksSigner", "merge_signed", "parse_whsec", "sign_try",
+]
 
 #: The spec: a secret is "randomly generated, between 24 bytes (192 bits) and 64 bytes".
 MIN_SECRET_BYTES = 24
@@ -142,3 +144,20 @@ def sign_try(signer: Signer, key: str, body: bytes, try_number: int) -> dict[str
             raise ConfigError(f"the signer {type(signer).__name__} gave a header that is not a single-line string")
         headers[name] = value
     return headers
+
+
+def merge_signed(
+    headers: Mapping[str, str], signed: Mapping[str, str], *, key_header: str | None, key: str
+) -> dict[str, str]:
+    """``headers`` with a try's signed headers in: a signed header replaces one of the same
+    name in any case (never two of one name on the wire). A signer may repeat the key header
+    with the key, never with another value: that would send the try under another key
+    (``ConfigError``)."""
+    wanted = {name.lower() for name in signed}
+    if key_header is not None and key_header.lower() in wanted:
+        given = next(v for n, v in signed.items() if n.lower() == key_header.lower())
+        if given != key:
+            raise ConfigError(f"the signer sets {key_header} to another value than the job's key: refused")
+    merged = {name: value for name, value in headers.items() if name.lower() not in wanted}
+    merged.update(signed)
+    return merged

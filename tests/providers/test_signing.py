@@ -114,3 +114,16 @@ def test_a_signer_header_that_is_not_a_single_line_string_is_refused(answer: obj
 def test_a_signer_without_the_protocol_is_refused_at_construction() -> None:
     with pytest.raises(ConfigError, match="signer must have"):
         Provider(signer=object())  # type: ignore[arg-type]
+
+
+def test_signed_headers_replace_any_spelling_and_never_change_the_key() -> None:
+    from idemsend._signing import merge_signed
+
+    merged = merge_signed(
+        {"Webhook-Id": "k", "Authorization": "Bearer x"}, {"webhook-id": "k", "webhook-signature": "v1,s"},
+        key_header="Webhook-Id", key="k",
+    )
+    assert merged == {"Authorization": "Bearer x", "webhook-id": "k", "webhook-signature": "v1,s"}
+    with pytest.raises(ConfigError, match="another value than the job's key"):
+        merge_signed({"webhook-id": "k"}, {"WEBHOOK-ID": "other"}, key_header="webhook-id", key="k")
+    assert merge_signed({}, {"webhook-id": "k2"}, key_header=None, key="k") == {"webhook-id": "k2"}
