@@ -163,10 +163,6 @@ def _error(status: int, code: str, message: str, headers: Mapping[str, str] | No
     return ProviderAnswer(status, {"error": {"code": code, "message": message}}, headers or {})
 
 
-def _in_flight() -> ProviderAnswer:
-    return _error(409, "IDEMPOTENCY_IN_FLIGHT", "a request with this key is in progress")
-
-
 class ProviderContract:
     """The contract's state and rules: ``handle(request)`` answers one request at once;
     ``exchange(path, headers)`` answers it step by step (see ``Exchange``), so a caller can
