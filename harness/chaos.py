@@ -348,7 +348,7 @@ async def _drive(
 async def run_chaos(
     queues: Sequence[str] | None = None, *, jobs: int = 10_000, dup_rate: float = 0.3, kills: int = 3,
     workers: int = 3, seed: int | None = None, adapters: Path = ADAPTERS, progress: bool = True,
-    run_dir: RunDir | None = None, ledger: str | None = None, provider: str = "header",
+    run_dir: RunDir | None = None, ledger: str | None = None, provider: str = "header", timeout: float = 900,
 ) -> list[ChaosReport]:
     """One report per queue (every registered queue by default), in order."""
     known = drivers()
@@ -360,6 +360,7 @@ async def run_chaos(
             reports.append(await run_queue(
                 known[name], jobs=jobs, dup_rate=dup_rate, kills=kills, seed=seed, workers=workers,
                 adapters=adapters, run_dir=logs, progress=progress, ledger=ledger, provider=provider,
+                timeout=timeout,
             ))
     except BaseException:
         if own_dir:
@@ -397,6 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="the provider shape: the key in a header (default), in the JSON body (body), or a signed"
         " Standard Webhooks receiver (standard-webhooks)",
     )
+    parser.add_argument(
+        "--timeout", type=positive, default=900,
+        help="seconds to wait for every job to end after the last delivery (a busy machine needs more)",
+    )
     parser.add_argument("--quiet", action="store_true")
     return parser
 
@@ -421,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reports = asyncio.run(run_chaos(
             queues, jobs=args.jobs, dup_rate=args.dup_rate, kills=args.kills, workers=args.workers, seed=args.seed,
             adapters=args.adapters, progress=not args.quiet, run_dir=logs, ledger=args.ledger,
-            provider=args.provider,
+            provider=args.provider, timeout=args.timeout,
         ))
     except BaseException:
         logs.finish(keep=True)
