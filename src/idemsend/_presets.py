@@ -38,16 +38,13 @@ __all__ = [
 ]
 
 
-def _nested_id(body: Any, *fields: str) -> str | None:
-    """The id of a send's answer: a top-level ``id`` (or one of ``fields``), else the ``id``
-    of the first object the body holds (Square ``{"payment": {"id"}}``, GoCardless
-    ``{"payments": {"id"}}``, Plaid ``{"authorization": {"id"}}``)."""
+def _nested_id(body: Any) -> str | None:
+    """The id of a send's answer: a top-level ``id``, else the ``id`` of the first object the
+    body holds (Square ``{"payment": {"id"}}``, GoCardless ``{"payments": {"id"}}``, Plaid
+    ``{"authorization": {"id"}}``)."""
     if not isinstance(body, Mapping):
         return None
     found = _usable_id(body)
-    for name in fields:
-        if found is None:
-            found = _usable_id({"id": body.get(name)})
     if found is None:
         found = next((i for v in body.values() if isinstance(v, Mapping) and (i := _usable_id(v))), None)
     return found
