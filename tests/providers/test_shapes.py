@@ -155,3 +155,22 @@ async def test_bad_input_is_refused_before_any_http() -> None:
             with pytest.raises(InvalidBodyError, match="'headers' is a list"):
                 await engine.send(Job("j", {"order": "o"}), {"headers": ["X-Tag"]})
     assert mock.stats.requests == 0
+
+
+async def test_a_resumed_claim_sends_the_frozen_keyed_body_from_another_worker() -> None:
+    from idemsend import RetryableError
+
+    ledger = MemoryLedger()
+    async with MockProvider(key_field="idempotency_key", dialect="square", record_requests=True) as mock:
+        mock.script("lost")  # the first worker's only try runs at the provider, its answer is lost
+        job = Job("job-r", {"order": "o-r"})
+        async with Engine(mock.emails_url, key="pay:{order}", api_key=mock.api_key, provider=Provider.square(),
+                          ledger=ledger, retry=0, lease=0.2) as worker_a:
+            with pytest.raises(RetryableError) as caught:
+                await worker_a.send(job, {"amount": 1}, attempt=1)
+            assert caught.value.maybe_sent
+        async with _engine(mock, Provider.square(), ledger=ledger) as worker_b:
+            result = await worker_b.send(job, {"amount": 1}, attempt=2)
+    assert mock.sends == 1 and result.id == "em_00000001"  # the first send's answer (Square marks no replay)
+    assert len(mock.requests) == 2 and len({r.body for r in mock.requests}) == 1
+    assert json.loads(mock.requests[1].body) == {"amount": 1, "idempotency_key": "pay:o-r"}
