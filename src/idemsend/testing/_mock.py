@@ -246,6 +246,7 @@ class MockProvider:
         response = web.Response(
             body=answer.content(), status=answer.status, headers=dict(answer.headers) or None,
             content_type="application/json" if answer.body is not None else None,
+            charset="utf-8" if answer.body is not None else None,  # what json_response wrote
         )
         if answer.lost:
             # The send is committed; the client never hears about it.
