@@ -28,6 +28,7 @@ from pathlib import Path
 from idemsend.cli import positive, rate
 from idemsend.testing import Faults, MockProvider, PostgresServer, Progress, RedisServer
 
+from ._shapes import SHAPES, shape
 from .queues import CHAOS, QueueDriver, QueueJob, RunDir, Terminal, drivers
 from .queues.base import ADAPTERS
 
@@ -41,6 +42,7 @@ __all__ = ["ChaosReport", "main", "run_chaos", "run_queue", "table"]
 class ChaosReport:
     queue: str
     jobs: int
+    provider: str = "header"
     deliveries: int = 0
     duplicates: int = 0
     kills: int = 0
@@ -91,6 +93,7 @@ class ChaosReport:
 
 def table(reports: list[ChaosReport]) -> str:
     rows: list[tuple[str, Callable[[ChaosReport], object]]] = [
+        ("provider shape", lambda r: r.provider),
         ("jobs", lambda r: r.jobs), ("deliveries (with duplicates)", lambda r: r.deliveries),
         ("duplicates delivered", lambda r: r.duplicates), ("workers SIGKILLed", lambda r: r.kills),
         ("worker restarts (kills and crashes)", lambda r: r.worker_restarts),
@@ -152,13 +155,14 @@ class _Tally:
 async def run_queue(
     driver_class: type[QueueDriver], *, jobs: int, dup_rate: float, kills: int, seed: int | None, workers: int,
     adapters: Path, run_dir: RunDir, progress: bool = True, timeout: float = 900, ledger: str | None = None,
+    provider: str = "header",
 ) -> ChaosReport:
     """One queue's run. ``ledger``: the workers' ledger URL (default: the run's own Redis,
     which is restarted mid-run); a ``postgresql://`` one gets tables of the run's own,
     made before the workers start and dropped after; ``own-postgres``: a throwaway
     PostgreSQL of the run's own, SIGKILLed and restarted mid-run as well."""
     rng = random.Random(seed)
-    report = ChaosReport(queue=driver_class.name, jobs=jobs)
+    report = ChaosReport(queue=driver_class.name, jobs=jobs, provider=provider)
     pg: PostgresServer | None = None
     if ledger == OWN_POSTGRES:
         pg = PostgresServer().start()
@@ -167,6 +171,7 @@ async def run_queue(
         return await _run_queue(
             driver_class, report, rng, seed, jobs=jobs, dup_rate=dup_rate, kills=kills, workers=workers,
             adapters=adapters, run_dir=run_dir, progress=progress, timeout=timeout, ledger=ledger, pg=pg,
+            provider=provider,
         )
     finally:
         if pg is not None:
@@ -177,18 +182,22 @@ async def _run_queue(
     driver_class: type[QueueDriver], report: ChaosReport, rng: random.Random, seed: int | None, *, jobs: int,
     dup_rate: float,
     kills: int, workers: int, adapters: Path, run_dir: RunDir, progress: bool, timeout: float, ledger: str | None,
-    pg: PostgresServer | None,
+    pg: PostgresServer | None, provider: str = "header",
 ) -> ChaosReport:
+    the_shape = shape(provider)
     redis = RedisServer(appendonly=True).start()
     faults = Faults(rate_5xx=0.05, rate_lost=0.05, rate_in_flight=0.05, retry_after=0.2)
     start = time.monotonic()
     try:
         # 20 ms a send keeps every queue busy long enough for the kills to land mid-send
-        async with MockProvider(api_key="chaos", faults=faults, seed=seed, processing_delay=0.02) as provider:
+        async with MockProvider(
+            api_key="chaos", faults=faults, seed=seed, processing_delay=0.02, **the_shape.mock
+        ) as mock:
             driver = driver_class(
-                provider, redis.url, profile=CHAOS, run_dir=run_dir, workers=workers, ledger_url=ledger or redis.url,
+                mock, redis.url, profile=CHAOS, run_dir=run_dir, workers=workers, ledger_url=ledger or redis.url,
                 adapters=adapters,
             )
+            driver.env.update(the_shape.env)
             tables = await _own_tables(ledger, f"{CHAOS.name}-{driver.name}-{driver.tag}")
             try:
                 await driver.start(supervise=True)
@@ -202,15 +211,15 @@ async def _run_queue(
                 await tables.drop()
             report.duplicates = report.deliveries - jobs
             report.worker_restarts = driver.restarts
-            report.provider_requests = provider.stats.requests
-            report.faults = dict(provider.stats.faults)
+            report.provider_requests = mock.stats.requests
+            report.faults = dict(mock.stats.faults)
             ended = [t for t in tally.states.values() if t is not None]
             report.sent = sum(1 for t in ended if t.state == "sent")
             report.fatal = dict(Counter(_reason(t) for t in ended if t.state != "sent"))
             report.not_terminal = jobs - len(ended)
             key_of = {job.id: job.key for job in tally.jobs}
             report.check(
-                provider.sends_by_key, set(key_of.values()),
+                mock.sends_by_key, set(key_of.values()),
                 {key_of[job_id]: t.state for job_id, t in tally.states.items() if t is not None},
             )
     finally:
@@ -411,7 +420,7 @@ async def _drive(
 async def run_chaos(
     queues: Sequence[str] | None = None, *, jobs: int = 10_000, dup_rate: float = 0.3, kills: int = 3,
     workers: int = 3, seed: int | None = None, adapters: Path = ADAPTERS, progress: bool = True,
-    run_dir: RunDir | None = None, ledger: str | None = None, timeout: float = 900,
+    run_dir: RunDir | None = None, ledger: str | None = None, provider: str = "header", timeout: float = 900,
 ) -> list[ChaosReport]:
     """One report per queue (every registered queue by default), in order."""
     known = drivers()
@@ -422,7 +431,8 @@ async def run_chaos(
         for name in queues if queues is not None else list(known):
             reports.append(await run_queue(
                 known[name], jobs=jobs, dup_rate=dup_rate, kills=kills, seed=seed, workers=workers,
-                adapters=adapters, run_dir=logs, progress=progress, ledger=ledger, timeout=timeout,
+                adapters=adapters, run_dir=logs, progress=progress, ledger=ledger, provider=provider,
+                timeout=timeout,
             ))
     except BaseException:
         if own_dir:
@@ -456,8 +466,15 @@ def build_parser() -> argparse.ArgumentParser:
         " (pip install 'idemsend[postgres]'); dynamodb://TABLE?region=...&endpoint_url=... gets that"
         " table made for the run (with TTL on) and deleted after (pip install 'idemsend[dynamodb]')",
     )
-    parser.add_argument("--timeout", type=positive, default=900,
-                        help="seconds each queue gets, after its jobs are enqueued, to finish them")
+    parser.add_argument(
+        "--provider", choices=SHAPES, default="header",
+        help="the provider shape: the key in a header (default), in the JSON body (body), or a signed"
+        " Standard Webhooks receiver (standard-webhooks)",
+    )
+    parser.add_argument(
+        "--timeout", type=positive, default=900,
+        help="seconds to wait for every job to end after the last delivery (a busy machine needs more)",
+    )
     parser.add_argument("--quiet", action="store_true")
     return parser
 
@@ -481,7 +498,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         reports = asyncio.run(run_chaos(
             queues, jobs=args.jobs, dup_rate=args.dup_rate, kills=args.kills, workers=args.workers, seed=args.seed,
-            adapters=args.adapters, progress=not args.quiet, run_dir=logs, ledger=args.ledger, timeout=args.timeout,
+            adapters=args.adapters, progress=not args.quiet, run_dir=logs, ledger=args.ledger,
+            provider=args.provider, timeout=args.timeout,
         ))
     except BaseException:
         logs.finish(keep=True)

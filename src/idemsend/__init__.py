@@ -28,6 +28,7 @@ from ._errors import (
 from ._hooks import Hook, LedgerInfo, Observer, OutcomeInfo, SendInfo, SendObserver, TryInfo, WaitInfo
 from ._keys import MAX_JOB_ID_BYTES, Job, KeyDeriver, Template, validate_job_id, validate_key
 from ._result import SendResult
+from ._signing import Signer, SignRequest, StandardWebhooksSigner
 from ._transport import AiohttpTransport, RawResponse, Transport, TransportError, TransportRequest
 
 __all__ = [
@@ -60,7 +61,10 @@ __all__ = [
     "SendObserver",
     "SendResult",
     "SetupError",
+    "SignRequest",
+    "Signer",
     "StaleReplayError",
+    "StandardWebhooksSigner",
     "Template",
     "Transport",
     "TransportError",

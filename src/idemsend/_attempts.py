@@ -25,8 +25,9 @@ from ._hooks import SendObserver, TryInfo, WaitInfo
 from ._limits import RateLimiter
 from ._log import fields, key_ref
 from ._prepared import PreparedSend, TryHistory
-from ._redact import Redactor
+from ._redact import Redactor, is_secret_header
 from ._result import SendResult
+from ._signing import Signer, merge_signed, sign_try
 from ._transport import Transport, TransportError, TransportRequest
 
 __all__ = ["Attempts", "finite_delay"]
@@ -62,7 +63,7 @@ class Attempts:
         *,
         url: str,
         headers: Mapping[str, str],
-        idempotency_header: str,
+        idempotency_header: str | None,
         transport: Transport,
         classifier: ResultClassifier,
         retry: RetryPolicy,
@@ -70,8 +71,10 @@ class Attempts:
         limits: Limits,
         redact: Redactor,
         timeout: float | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.url = url
+        self._signer = signer
         self.timeout = timeout
         self.transport = transport
         self.classifier = classifier
@@ -173,7 +176,10 @@ class Attempts:
             )
 
     async def _post(self, key: str, payload: bytes, history: TryHistory) -> _Answer:
-        headers = {**self._headers, self._idem_header: key}
+        headers = dict(self._headers)
+        if self._idem_header is not None:  # None: the key travels in the body
+            headers[self._idem_header] = key
+        redact = self._redact
         async with self._sem:
             if self._limiter is not None:
                 wait = await self._limiter.acquire(self.retry.max_inline_delay)
@@ -182,6 +188,12 @@ class Attempts:
                     # wait inline: back to the queue, nothing sent.
                     refused = Retry(wait, f"rate limit: the next slot is {wait:.1f}s away")
                     return _Answer(refused, 0, None, may_have_run=False, error="rate_limit")
+            if self._signer is not None:
+                # signed now, once the slot is ours: the timestamp is this try's own
+                signed = sign_try(self._signer, key, payload, history.next_number)
+                headers = merge_signed(headers, signed, key_header=self._idem_header, key=key)
+                # a receiver that echoes a signature back must not put it in a result or record
+                redact = redact.adding(v for k, v in signed.items() if is_secret_header(k))
             # Open from the moment the request may leave, so a cancellation mid-request is
             # never mistaken for "nothing was sent".
             history.open()
@@ -190,7 +202,6 @@ class Attempts:
             except TransportError as exc:
                 return _Answer(Retry(None, str(exc)), 0, None, may_have_run=exc.may_have_reached, error=exc.kind)
         raw = response.body
-        redact = self._redact
         if redact:
             raw = redact.body(raw)
         try:

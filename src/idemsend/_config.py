@@ -18,11 +18,28 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
+from ._body import canonical_body
 from ._classify import IETFDraft, Resend, ResultClassifier, Sendoka, Stripe
 from ._errors import ConfigError
 from ._keys import DEFAULT_MAX_KEY_LENGTH
+from ._placement import keyed_body, parse_key_field
+from ._presets import (
+    Adyen,
+    Brevo,
+    Checkout,
+    GoCardless,
+    Increase,
+    PayPal,
+    Plaid,
+    SparkPost,
+    Square,
+    StandardWebhooks,
+)
+from ._signing import Signer, StandardWebhooksSigner
 
 __all__ = [
     "DAY",
@@ -163,9 +180,17 @@ class Provider:
     * ``stale_margin``: with a ledger, an unknown outcome older than ``window -
       stale_margin`` is not resent (``StaleReplayError``): the provider may have forgotten it.
     * ``max_key_length``: the provider's limit on a key.
+    * ``key_field``: a dotted path into the JSON object body (``"idempotency_key"``,
+      ``"headers.idempotencyKey"``) where the key goes instead of a header: the key is
+      written into the body before it is frozen and fingerprinted, and no idempotency
+      header is sent.
+    * ``signer``: a ``Signer`` that adds headers to each try (a fresh timestamp and
+      signature per try over the same frozen body): ``Provider.standard_webhooks(secret)``.
 
-    Presets: ``Provider.sendoka()`` (the default), ``Provider.stripe()``,
-    ``Provider.resend()``, ``Provider.ietf()``. See docs/providers.md.
+    Presets: ``Provider.sendoka()`` (the default), ``stripe()``, ``resend()``, ``ietf()``,
+    ``standard_webhooks(secret)``, ``square()``, ``plaid()``, ``brevo()``, ``adyen()``,
+    ``paypal()``, ``checkout()``, ``gocardless()``, ``increase()``, ``sparkpost()``.
+    See docs/providers.md.
     """
 
     classifier: ResultClassifier = field(default_factory=Sendoka)
@@ -173,6 +198,8 @@ class Provider:
     window: float = DAY
     stale_margin: float = 3600.0
     max_key_length: int = DEFAULT_MAX_KEY_LENGTH
+    key_field: str | None = None
+    signer: Signer | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.classifier, ResultClassifier):
@@ -180,6 +207,10 @@ class Provider:
         header = self.idempotency_header
         if not isinstance(header, str) or not header.strip() or any(c in header for c in ":\r\n "):
             raise ConfigError(f"idempotency_header must be a header name, got {header!r}")
+        if self.key_field is not None:
+            parse_key_field(self.key_field)
+        if self.signer is not None and not isinstance(self.signer, Signer):
+            raise ConfigError(f"signer must have headers(request) and secrets, got {type(self.signer).__name__}")
         check_number("window", self.window, minimum=0, exclusive=True, maximum=365 * DAY)
         check_number("stale_margin", self.stale_margin, minimum=0)
         check_number("max_key_length", self.max_key_length, minimum=1, integer=True, maximum=65_536)
@@ -187,6 +218,23 @@ class Provider:
             raise ConfigError(
                 f"stale_margin ({self.stale_margin:g}s) must be smaller than the provider window ({self.window:g}s)"
             )
+
+    @property
+    def key_header(self) -> str | None:
+        """The header that carries the key, or None when the key travels in the body."""
+        return None if self.key_field is not None else self.idempotency_header
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The signer's secrets (what the engine's redactor must hide too)."""
+        return tuple(self.signer.secrets) if self.signer is not None else ()
+
+    def payload(self, body: Any, key: str) -> bytes:
+        """The bytes every try of ``key`` sends: ``body`` serialised canonically, with the
+        key written in at ``key_field`` first when the key travels in the body."""
+        if self.key_field is not None:
+            body = keyed_body(body, parse_key_field(self.key_field), key)
+        return canonical_body(body)
 
     @classmethod
     def sendoka(cls) -> Provider:
@@ -207,3 +255,73 @@ class Provider:
     def ietf(cls, *, require_id: bool = False) -> Provider:
         """A server following the IETF Idempotency-Key header draft (400/409/422)."""
         return cls(classifier=IETFDraft(require_id=require_id))
+
+    # -- the presets of issue 20 (docs/providers.md has a row and a source for each) ----
+
+    @classmethod
+    def standard_webhooks(cls, secret: str | Iterable[str], *, window: float = DAY) -> Provider:
+        """A Standard Webhooks receiver: the key is ``webhook-id`` (the same on every try),
+        each try is signed afresh (``webhook-timestamp``, ``webhook-signature``) with the
+        ``whsec_`` secret(s) (several while rotating). Any 2xx is sent (with or without a
+        body), 410 Gone stops the endpoint (a setup error, not recorded against the key).
+        The spec says nothing of how long a receiver dedupes an id: ``window`` is yours."""
+        return cls(
+            classifier=StandardWebhooks(), idempotency_header="webhook-id", window=window,
+            stale_margin=min(3600.0, window / 2), signer=StandardWebhooksSigner(secret),
+        )
+
+    @classmethod
+    def square(cls) -> Provider:
+        """Square: the key is the body's ``idempotency_key`` (45 characters on
+        CreatePayment); a reuse with another body is ``IDEMPOTENCY_KEY_REUSED``."""
+        return cls(classifier=Square(), key_field="idempotency_key", max_key_length=45)
+
+    @classmethod
+    def plaid(cls) -> Provider:
+        """Plaid Transfer (``/transfer/authorization/create``): the body's
+        ``idempotency_key``, 50 characters; an authorization's key "expires after 48 hours"."""
+        return cls(classifier=Plaid(), key_field="idempotency_key", max_key_length=50, window=2 * DAY)
+
+    @classmethod
+    def brevo(cls) -> Provider:
+        """Brevo transactional email: the body's ``headers.idempotencyKey`` (Brevo asks
+        for a UUID), kept only 15 minutes: past that a resend is a new email, so run it
+        with a ledger."""
+        return cls(
+            classifier=Brevo(), key_field="headers.idempotencyKey", window=15 * 60.0, stale_margin=60.0,
+            max_key_length=255,
+        )
+
+    @classmethod
+    def adyen(cls) -> Provider:
+        """Adyen: ``Idempotency-Key``, 64 characters, kept at least 31 days."""
+        return cls(classifier=Adyen(), max_key_length=64, window=31 * DAY)
+
+    @classmethod
+    def paypal(cls) -> Provider:
+        """PayPal REST: ``PayPal-Request-Id``; a reuse answers the first request's latest
+        status. How long an id is kept differs per API (see docs/providers.md)."""
+        return cls(classifier=PayPal(), idempotency_header="PayPal-Request-Id", max_key_length=108)
+
+    @classmethod
+    def checkout(cls) -> Provider:
+        """Checkout.com: ``Cko-Idempotency-Key``, kept 24 hours, only 2xx answers replayed;
+        409 while the first request is in flight."""
+        return cls(classifier=Checkout(), idempotency_header="Cko-Idempotency-Key")
+
+    @classmethod
+    def gocardless(cls) -> Provider:
+        """GoCardless: ``Idempotency-Key``; a reuse is 409 ``invalid_state`` naming the
+        resource the first request created (the send happened: that id is the result)."""
+        return cls(classifier=GoCardless())
+
+    @classmethod
+    def increase(cls) -> Provider:
+        """Increase: ``Idempotency-Key``, 200 characters, never expires (at most one
+        object per key); ``Idempotent-Replayed: true`` on a replay."""
+        return cls(classifier=Increase(), max_key_length=200, window=365 * DAY, stale_margin=3600.0)
+
+    @classmethod
+    def sparkpost(cls) -> Provider:
+        """SparkPost: ``Idempotency-Key``, kept 24 hours; ``X-Idempotent-Replayed: true``."""
+        return cls(classifier=SparkPost())

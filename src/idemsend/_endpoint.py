@@ -11,7 +11,7 @@ credentials.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -41,10 +41,10 @@ class Endpoint:
     @classmethod
     def of(
         cls, url: str, *, api_key: str | None = None, headers: Mapping[str, str] | None = None,
-        idempotency_header: str = "Idempotency-Key",
+        idempotency_header: str = "Idempotency-Key", secrets: Iterable[str] = (),
     ) -> Endpoint:
         """Check ``url`` and ``headers`` and make the endpoint; ``ConfigError`` names what is wrong
-        (never a credential)."""
+        (never a credential). ``secrets``: more values to keep out of every text (a signer's)."""
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ConfigError(f"url must be an http(s) URL, got {safe_url(url) if isinstance(url, str) else url!r}")
         try:
@@ -64,7 +64,7 @@ class Endpoint:
                 "url carries credentials (user:password@) and an Authorization header is set too"
                 " (api_key= or headers=): use one of them"
             )
-        redact = Redactor.for_request(url, base, idempotency_header=idempotency_header)
+        redact = Redactor.for_request(url, base, idempotency_header=idempotency_header, extra=secrets)
         return cls(url, MappingProxyType(base), redact, safe_url(url), parsed.host, parsed.port)
 
     def __repr__(self) -> str:

@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from ._attempts import Attempts
-from ._body import canonical_body, fingerprint
+from ._body import fingerprint
 from ._classify import ResultClassifier
 from ._config import InFlightWait, Limits, Provider, RetryPolicy, check_number
 from ._endpoint import Endpoint
@@ -110,7 +110,8 @@ class Engine:
         # The URL and header checks, the request headers and the redactor of their
         # credentials (which must never reach a log line, repr, error, result or record).
         self.endpoint = Endpoint.of(
-            url, api_key=api_key, headers=headers, idempotency_header=self.provider.idempotency_header
+            url, api_key=api_key, headers=headers, idempotency_header=self.provider.idempotency_header,
+            secrets=self.provider.secrets,
         )
         if isinstance(key, str):
             key = Template(key)
@@ -144,8 +145,8 @@ class Engine:
             else AiohttpTransport(timeout=timeout, max_connections=self.limits.max_in_flight)
         )
         self._attempts = Attempts(
-            url=url, headers=self.endpoint.headers, idempotency_header=self.provider.idempotency_header,
-            transport=self.transport,
+            url=url, headers=self.endpoint.headers, idempotency_header=self.provider.key_header,
+            signer=self.provider.signer, transport=self.transport,
             classifier=self.provider.classifier, retry=self.retry, in_flight=self.in_flight, limits=self.limits,
             redact=redact, timeout=timeout,
         )
@@ -253,7 +254,7 @@ class Engine:
                 if self._state is _State.NEW else "Engine was closed"
             )
         key = self.derive_key(job)
-        payload = canonical_body(body)
+        payload = self.provider.payload(body, key)  # the key goes in first when it travels in the body
         prepared = PreparedSend(job, key, payload, fingerprint(payload), attempt, queue)
         if not self._hooks:
             return await self._send(prepared, None)

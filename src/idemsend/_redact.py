@@ -66,11 +66,12 @@ class Redactor:
     in every string of the parsed tree: after decoding, whatever the encoding.
     """
 
-    __slots__ = ("_bytes", "_plus", "_short", "_texts", "_url_bytes", "_url_text")
+    __slots__ = ("_bytes", "_given", "_plus", "_short", "_texts", "_url_bytes", "_url_text")
 
     def __init__(self, secrets: Iterable[str]) -> None:
+        self._given = tuple(secrets)
         values: set[str] = set()
-        for secret in secrets:
+        for secret in self._given:
             values.update(_forms(secret))
         texts = sorted((v for v in values if len(v) >= _MIN_SECRET), key=len, reverse=True)
         forms: set[bytes] = set()
@@ -95,11 +96,14 @@ class Redactor:
 
     @classmethod
     def for_request(
-        cls, url: str, headers: Mapping[str, str], *, idempotency_header: str = "Idempotency-Key"
+        cls, url: str, headers: Mapping[str, str], *, idempotency_header: str = "Idempotency-Key",
+        extra: Iterable[str] = (),
     ) -> Redactor:
         """The credentials of one endpoint: secret headers' values, the URL's user and
-        password (and the Basic header aiohttp makes of them) and its query values."""
+        password (and the Basic header aiohttp makes of them) and its query values, and
+        ``extra`` (a signer's secrets)."""
         secrets = [v for k, v in headers.items() if is_secret_header(k, idempotency_header=idempotency_header)]
+        secrets.extend(extra)
         try:
             parsed = URL(url)
         except (TypeError, ValueError):
@@ -114,6 +118,10 @@ class Redactor:
             # and decoded as they were written ("a+b" may reach the provider as "a+b")
             secrets.extend(unquote(pair.partition("=")[2]) for pair in parsed.raw_query_string.split("&"))
         return cls(secrets)
+
+    def adding(self, secrets: Iterable[str]) -> Redactor:
+        """This redactor and ``secrets`` too (one try's signatures)."""
+        return Redactor((*self._given, *secrets))
 
     def __bool__(self) -> bool:
         return bool(self._texts)

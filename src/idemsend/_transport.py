@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 import aiohttp
@@ -33,8 +33,8 @@ class TransportRequest:
     up by then (``TransportError(kind="timeout")``). None: the transport's own."""
 
     url: str
-    headers: Mapping[str, str]
-    body: bytes
+    headers: Mapping[str, str] = field(repr=False)  # credentials and per-try signatures: never in a repr
+    body: bytes = field(repr=False)
     timeout: float | None = None
 
 

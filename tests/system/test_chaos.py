@@ -139,3 +139,26 @@ def test_chaos_verdict_catches_violations() -> None:
     swapped = ChaosReport(queue="x", jobs=2, sent=1, fatal={"IDEMPOTENCY_MISMATCH": 1})
     swapped.check(Counter({"k1": 1}), {"k0", "k1"}, {"k0": "sent", "k1": "fatal"})
     assert swapped.violations and "reported sent but not sent exactly once" in swapped.violations[0]
+
+
+@pytest.mark.slow
+@pytest.mark.processes
+@pytest.mark.parametrize("shape", ["body", "standard-webhooks"])
+def test_chaos_small_run_in_every_provider_shape(shape: str) -> None:
+    """The same run against a body-key provider (the key in ``idempotency_key``, no header)
+    and a signed Standard Webhooks receiver (every try signed afresh and verified, stale
+    signatures refused): each job sent exactly once, and no signature ever refused."""
+    if drivers()["arq"].unavailable() is not None:
+        pytest.skip("arq is not installed here")
+    out = subprocess.run(
+        [sys.executable, "-m", "harness.chaos", "--queues", "arq", "--jobs", "150", "--seed", "13", "--quiet",
+         "--provider", shape],
+        capture_output=True, text=True, timeout=900, cwd=ROOT,
+    )
+    print(out.stdout)
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in out.stdout.splitlines() if line.startswith("| ") and not line.startswith("| |")}
+    assert rows["provider shape"] == [shape]
+    assert rows["provider sends"] == ["150"] and rows["double sends"] == ["0"] and rows["lost jobs"] == ["0"]
+    assert rows["verdict"] == ["OK"] and "bad_signature" not in rows["faults injected"][0]

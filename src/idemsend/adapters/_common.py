@@ -6,13 +6,14 @@ The outcome mapping and the backoff live one layer up, in ``_kit.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from .._classify import MAX_RETRY_AFTER
-from .._config import Limits
+from .._config import Limits, Provider
 from .._engine import Engine
 from .._errors import ConfigError
 from .._result import SendResult
@@ -26,6 +27,7 @@ __all__ = [
     "build_engine",
     "check_factory",
     "engine_from_env",
+    "provider_from_env",
     "result_dict",
     "whole_seconds",
 ]
@@ -92,7 +94,9 @@ def engine_from_env(env: Mapping[str, str] | None = None) -> Engine:
     ``welcome:{user_id}:{job_id}``), ``IDEMSEND_LEDGER_URL`` (any URL
     ``idemsend.ledger.ledger_from_url`` takes: ``redis://``, ``rediss://``,
     ``redis+cluster://``, ``memory://``; unset: no ledger), ``IDEMSEND_LEDGER_PREFIX``,
-    ``IDEMSEND_RETRIES``, ``IDEMSEND_LEASE``, ``IDEMSEND_MAX_IN_FLIGHT``, ``IDEMSEND_TIMEOUT``.
+    ``IDEMSEND_RETRIES``, ``IDEMSEND_LEASE``, ``IDEMSEND_MAX_IN_FLIGHT``, ``IDEMSEND_TIMEOUT``,
+    and the provider (``provider_from_env``): ``IDEMSEND_PROVIDER``, ``IDEMSEND_KEY_FIELD``,
+    ``IDEMSEND_WEBHOOK_SECRET``.
     """
     env = os.environ if env is None else env
     url = env.get("IDEMSEND_URL")
@@ -106,9 +110,42 @@ def engine_from_env(env: Mapping[str, str] | None = None) -> Engine:
         url,
         key=env.get("IDEMSEND_KEY", "welcome:{user_id}:{job_id}"),
         api_key=env.get("IDEMSEND_API_KEY"),
+        provider=provider_from_env(env),
         ledger=ledger,
         retry=int(env.get("IDEMSEND_RETRIES", "3")),
         lease=float(env.get("IDEMSEND_LEASE", "30")),
         limits=Limits(max_in_flight=int(env.get("IDEMSEND_MAX_IN_FLIGHT", "100"))),
         timeout=float(env.get("IDEMSEND_TIMEOUT", "10")),
     )
+
+
+#: The presets ``IDEMSEND_PROVIDER`` names (``standard-webhooks`` takes its secret from
+#: ``IDEMSEND_WEBHOOK_SECRET``).
+_PRESETS: dict[str, Callable[[], Provider]] = {
+    "sendoka": Provider.sendoka, "stripe": Provider.stripe, "resend": Provider.resend, "ietf": Provider.ietf,
+    "square": Provider.square, "plaid": Provider.plaid, "brevo": Provider.brevo, "adyen": Provider.adyen,
+    "paypal": Provider.paypal, "checkout": Provider.checkout, "gocardless": Provider.gocardless,
+    "increase": Provider.increase, "sparkpost": Provider.sparkpost,
+}
+
+
+def provider_from_env(env: Mapping[str, str]) -> Provider:
+    """The ``Provider`` the environment names: ``IDEMSEND_PROVIDER`` a preset
+    (``sendoka``, the default; ``stripe``, ``square``, ... or ``standard-webhooks`` with
+    ``IDEMSEND_WEBHOOK_SECRET``, several secrets space-separated), ``IDEMSEND_KEY_FIELD`` a
+    dotted path into the body the key goes into instead of a header."""
+    name = env.get("IDEMSEND_PROVIDER", "sendoka").strip().lower().replace("_", "-")
+    if name == "standard-webhooks":
+        secrets = env.get("IDEMSEND_WEBHOOK_SECRET", "").split()
+        if not secrets:
+            raise ConfigError("IDEMSEND_PROVIDER=standard-webhooks needs IDEMSEND_WEBHOOK_SECRET (whsec_...)")
+        provider = Provider.standard_webhooks(secrets)
+    elif name in _PRESETS:
+        provider = _PRESETS[name]()
+    else:
+        known = ", ".join(["standard-webhooks", *_PRESETS])
+        raise ConfigError(f"IDEMSEND_PROVIDER={name!r} is not a preset; known: {known}")
+    field = env.get("IDEMSEND_KEY_FIELD")
+    if field:
+        provider = dataclasses.replace(provider, key_field=field)
+    return provider

@@ -8,7 +8,8 @@ and chaos run)."""
 from typing import TYPE_CHECKING, Any
 
 from .._transport import MockTransport
-from ._contract import ProviderAnswer, ProviderContract, ProviderRequest
+from ._contract import ProviderAnswer, ProviderContract, ProviderRequest, SignatureCheck
+from ._dialects import DIALECTS, Dialect
 from ._mock import FAULTS, Faults, MockProvider
 from ._postgres_server import PostgresServer
 from ._progress import Progress
@@ -19,7 +20,9 @@ if TYPE_CHECKING:
     from .ledger_contract import LedgerContract
 
 __all__ = [
+    "DIALECTS",
     "FAULTS",
+    "Dialect",
     "Faults",
     "LedgerContract",
     "MockProvider",
@@ -31,6 +34,7 @@ __all__ = [
     "ProviderRequest",
     "RedisClusterServers",
     "RedisServer",
+    "SignatureCheck",
     "contract_transport",
     "free_port",
     "redis_url_or_start",

@@ -14,7 +14,8 @@ counts real executions, so a test can assert "exactly one send per job":
 Faults, each as a rate (``Faults``) and as a scripted sequence (``script``): ``"5xx"``
 (503 before processing), ``"429"`` (with ``Retry-After``), ``"lost"`` (the send is
 committed, then the answer is lost: ``ProviderAnswer.lost``), ``"in_flight"`` (a 409
-IN_FLIGHT without processing) and ``latency`` (added before answering).
+IN_FLIGHT without processing), ``"gone"`` (scripted only: a 410 Gone before processing)
+and ``latency`` (added before answering).
 
 Nothing here does I/O or reads the time or a random number on its own: the clock (the
 window), the arrival stamps and the fault draws are injected. Time that passes inside one
@@ -26,14 +27,16 @@ and ``contract_transport`` (a ``MockTransport``) play the same steps with real a
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import itertools
 import json
 import random
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 __all__ = [
@@ -41,7 +44,7 @@ __all__ = [
     "Exchange", "Faults", "ProviderAnswer", "ProviderContract", "ProviderRequest", "ProviderStats", "ReadBody", "Wait",
 ]
 
-FAULTS = ("5xx", "429", "lost", "in_flight")
+FAULTS = ("5xx", "429", "lost", "in_flight", "gone")
 MAX_KEY_LENGTH = 255
 EMAILS_PATH = "/api/v1/emails"
 BATCH_PATH = EMAILS_PATH + "/batch"
@@ -101,8 +104,9 @@ class ProviderAnswer:
         return _header(self.headers, "Idempotent-Replayed") == "true"
 
     def content(self) -> bytes:
-        """The body as the server writes it (``json.dumps``, as aiohttp's ``json_response``)."""
-        return json.dumps(self.body).encode()
+        """The body as the server writes it (``json.dumps``, as aiohttp's ``json_response``);
+        nothing for a ``None`` body (a 204)."""
+        return b"" if self.body is None else json.dumps(self.body).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +135,7 @@ class _Record:
     done: bool = False
     status: int = 0
     response: Any = None
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -158,10 +163,6 @@ def _error(status: int, code: str, message: str, headers: Mapping[str, str] | No
     return ProviderAnswer(status, {"error": {"code": code, "message": message}}, headers or {})
 
 
-def _in_flight() -> ProviderAnswer:
-    return _error(409, "IDEMPOTENCY_IN_FLIGHT", "a request with this key is in progress")
-
-
 class ProviderContract:
     """The contract's state and rules: ``handle(request)`` answers one request at once;
     ``exchange(path, headers)`` answers it step by step (see ``Exchange``), so a caller can
@@ -174,6 +175,13 @@ class ProviderContract:
     request's random fault is drawn from. ``arrivals[key]`` holds the arrival time of every
     authorized request with that ``Idempotency-Key``, whatever it was answered (a body refused
     with 400 or 422 included).
+
+    Every provider shape: ``key_header`` names the header the key comes in
+    (``"webhook-id"``, ``"PayPal-Request-Id"``...), or ``key_field`` a dotted path into the
+    JSON body it comes in instead (``"idempotency_key"``); ``signing_secret`` (``whsec_...``)
+    makes it verify Standard Webhooks signatures as a receiver does, refusing a stale or
+    future timestamp (5 minutes, on ``arrival_clock``) or a signature that does not match with
+    401; ``dialect`` words its answers as a preset's provider does (``_dialects.DIALECTS``).
     """
 
     def __init__(
@@ -187,8 +195,22 @@ class ProviderContract:
         clock: Callable[[], float] = time.time,
         arrival_clock: Callable[[], float] = time.time,
         draw: Callable[[], float] | None = None,
+        key_header: str = "Idempotency-Key",
+        key_field: str | None = None,
+        signing_secret: str | None = None,
+        dialect: str = "sendoka",
+        record_requests: bool = False,
     ) -> None:
+        from ._dialects import dialect as find_dialect
+
         self.api_key = api_key
+        self.key_header = key_header
+        self.key_field = tuple(key_field.split(".")) if key_field else None
+        self.verifier = SignatureCheck(signing_secret, clock=arrival_clock) if signing_secret else None
+        self.dialect = find_dialect(dialect)
+        self.record_requests = record_requests
+        #: every authorized request to the send endpoint (when ``record_requests``): headers and body
+        self.requests: list[ProviderRequest] = []
         self.processing_delay = processing_delay
         self.window = window
         self.in_flight_window = in_flight_window
@@ -318,18 +340,32 @@ class ProviderContract:
     def _answer_send(self, headers: Mapping[str, str]) -> Exchange:
         if not self._authorized(headers):
             return _error(401, "UNAUTHORIZED", "missing or invalid API key")
-        key = _header(headers, "Idempotency-Key")
+        key = _header(headers, self.key_header) if self.key_field is None else None
         if key is not None:  # counted before any answer about the body, so a refused body is a try too
             self.arrivals.setdefault(key, []).append(self.arrival_clock())
         raw = yield from _read_body()
+        if self.record_requests:
+            self.requests.append(ProviderRequest(EMAILS_PATH, dict(headers), raw))
         try:
             body = json.loads(raw)
         except ValueError:
             return _error(400, "INVALID_JSON", "the body is not JSON")
         if not isinstance(body, dict):
             return _error(422, "VALIDATION_ERROR", "the body must be a JSON object")
+        if self.key_field is not None:
+            found = _dig(body, self.key_field)
+            if found is not None and not isinstance(found, str):
+                return _error(400, "INVALID_IDEMPOTENCY_KEY", f"{'.'.join(self.key_field)} must be a string")
+            key = found
+            if key is not None:
+                self.arrivals.setdefault(key, []).append(self.arrival_clock())
         if key is not None and not 0 < len(key) <= MAX_KEY_LENGTH:
             return _error(400, "INVALID_IDEMPOTENCY_KEY", f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
+        if self.verifier is not None:
+            refused = self.verifier.check(headers, raw)
+            if refused is not None:
+                self.stats.faults["bad_signature"] += 1
+                return _error(401, "INVALID_SIGNATURE", refused)
         if self.faults.latency:
             yield Wait(self.faults.latency, "latency")
         fault = self._next_fault(key)
@@ -341,7 +377,9 @@ class ProviderContract:
             return _error(429, "RATE_LIMITED", "too many requests", {"Retry-After": f"{self.faults.retry_after:g}"})
         if fault == "in_flight":
             self.stats.in_flight_409 += 1
-            return _in_flight()
+            return self.dialect.in_flight()
+        if fault == "gone":  # scripted only: the endpoint asks to stop receiving (Standard Webhooks 410)
+            return _error(410, "GONE", "this endpoint no longer receives webhooks")
 
         body_hash = hashlib.sha256(raw).hexdigest()
         now = self.clock()
@@ -353,25 +391,27 @@ class ProviderContract:
         if record is not None:
             if not record.done:
                 self.stats.in_flight_409 += 1
-                return _in_flight()
+                return self.dialect.in_flight()
+            stored = ProviderAnswer(record.status, record.response, record.headers)
             if record.body_hash != body_hash:
                 self.stats.mismatches += 1
-                return _error(409, "IDEMPOTENCY_MISMATCH", "this key was used with a different body")
+                return self.dialect.mismatch(stored)
             self.stats.replays += 1
-            return ProviderAnswer(record.status, record.response, {"Idempotent-Replayed": "true"}, fault == "lost")
+            return replace(self.dialect.replay(stored), lost=fault == "lost")
 
         if key is not None:
             record = self._records[key] = _Record(body_hash=body_hash, created=now)
         delay = self.processing_delay + (self.key_delays.get(key, 0.0) if key is not None else 0.0)
         if delay:
             yield Wait(delay, "processing")
-        response = {"id": f"em_{next(self._ids):08d}", "object": "email", "to": body.get("to")}
+        answer = self.dialect.sent(f"em_{next(self._ids):08d}", body)
         self.stats.sends += 1
         if key is not None:
             self.stats.sends_by_key[key] += 1
         if record is not None:
-            record.done, record.status, record.response = True, 200, response
-        return ProviderAnswer(200, response, lost=fault == "lost")
+            record.done, record.status, record.response = True, answer.status, answer.body
+            record.headers = answer.headers
+        return replace(answer, lost=fault == "lost")
 
     def _batch(self, headers: Mapping[str, str]) -> Exchange:
         if not self._authorized(headers):
@@ -404,3 +444,48 @@ def _read_body() -> Generator[ReadBody, bytes | None, bytes]:
     if not isinstance(raw, bytes):
         raise TypeError(f"a ReadBody step is answered with the body's bytes, not {raw!r}")
     return raw
+
+
+def _dig(body: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    """The value at ``path`` in ``body``, or None when the path is not there."""
+    node: Any = body
+    for part in path:
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+class SignatureCheck:
+    """A Standard Webhooks receiver's check: ``webhook-id``, ``webhook-timestamp`` and
+    ``webhook-signature`` present, the timestamp within ``tolerance`` seconds of ``clock``
+    (either side), and one of the space-separated ``v1,`` signatures the HMAC-SHA256 of
+    ``"{id}.{timestamp}.{body}"`` with the secret. ``check`` returns why it refuses, or None."""
+
+    def __init__(self, secret: str, *, clock: Callable[[], float] = time.time, tolerance: float = 300.0) -> None:
+        if not secret.startswith("whsec_"):
+            raise ValueError("signing_secret must be a whsec_<base64> secret")
+        self._key = base64.b64decode(secret[len("whsec_"):])
+        self.clock = clock
+        self.tolerance = tolerance
+
+    def __repr__(self) -> str:
+        return f"<SignatureCheck tolerance={self.tolerance:g}s [redacted]>"
+
+    def check(self, headers: Mapping[str, str], raw: bytes) -> str | None:
+        """None when the request is signed as the spec says; else the reason it is refused."""
+        names = ("webhook-id", "webhook-timestamp", "webhook-signature")
+        msg_id, stamp, signatures = (_header(headers, n) for n in names)
+        if not (msg_id and stamp and signatures):
+            return "missing webhook-id, webhook-timestamp or webhook-signature"
+        try:
+            when = int(stamp)
+        except ValueError:
+            return "webhook-timestamp is not a whole number of seconds"
+        if abs(self.clock() - when) > self.tolerance:
+            return f"webhook-timestamp is more than {self.tolerance:g}s away from now: refused as stale"
+        digest = hmac.new(self._key, f"{msg_id}.{when}.".encode() + raw, hashlib.sha256).digest()
+        expected = "v1," + base64.b64encode(digest).decode()
+        if not any(hmac.compare_digest(expected, given) for given in signatures.split(" ")):
+            return "no webhook-signature matches"
+        return None

@@ -25,7 +25,7 @@ from typing import Any, Self
 
 from aiohttp import web
 
-from ._contract import BATCH_PATH, EMAILS_PATH, FAULTS, Faults, ProviderContract, ProviderStats
+from ._contract import BATCH_PATH, EMAILS_PATH, FAULTS, Faults, ProviderContract, ProviderRequest, ProviderStats
 from ._serve import play
 
 __all__ = ["FAULTS", "Faults", "MockProvider"]
@@ -42,6 +42,12 @@ class MockProvider:
     authorized request with that ``Idempotency-Key``, whatever it was answered (a body
     refused with 400 or 422 included). ``contract`` is the ``ProviderContract`` it serves:
     its settings and counters are the ones read and set here.
+
+    Every provider shape (see ``ProviderContract``): the key from another header
+    (``key_header="webhook-id"``) or from a body field (``key_field="idempotency_key"``),
+    Standard Webhooks signatures verified as a receiver does (``signing_secret="whsec_..."``),
+    and each preset's answers (``dialect="square"``; ``idemsend.testing.DIALECTS``).
+    ``record_requests=True`` keeps every request's headers and body in ``requests``.
     """
 
     def __init__(
@@ -56,10 +62,16 @@ class MockProvider:
         faults: Faults | None = None,
         clock: Callable[[], float] = time.time,
         seed: int | None = None,
+        key_header: str = "Idempotency-Key",
+        key_field: str | None = None,
+        signing_secret: str | None = None,
+        dialect: str = "sendoka",
+        record_requests: bool = False,
     ) -> None:
         self.contract = ProviderContract(
             api_key=api_key, processing_delay=processing_delay, window=window, in_flight_window=in_flight_window,
-            faults=faults, clock=clock, draw=random.Random(seed).random,
+            faults=faults, clock=clock, draw=random.Random(seed).random, key_header=key_header, key_field=key_field,
+            signing_secret=signing_secret, dialect=dialect, record_requests=record_requests,
         )
         self.host = host
         self.port = port
@@ -188,6 +200,11 @@ class MockProvider:
         return self.contract.key_delays
 
     @property
+    def requests(self) -> list[ProviderRequest]:
+        """Every request to the send endpoint, headers and body (with ``record_requests=True``)."""
+        return self.contract.requests
+
+    @property
     def sends(self) -> int:
         """Real executions (a replay is not one)."""
         return self.contract.sends
@@ -226,7 +243,11 @@ class MockProvider:
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         answer = await play(self.contract.exchange(request.path, request.headers), read=request.read)
-        response = web.json_response(answer.body, status=answer.status, headers=dict(answer.headers) or None)
+        response = web.Response(
+            body=answer.content(), status=answer.status, headers=dict(answer.headers) or None,
+            content_type="application/json" if answer.body is not None else None,
+            charset="utf-8" if answer.body is not None else None,  # what json_response wrote
+        )
         if answer.lost:
             # The send is committed; the client never hears about it.
             transport = request.transport
