@@ -42,7 +42,7 @@ if [ "$sessions" != none ]; then
     for session in "$@"; do
       started=$SECONDS
       if PATH="$PWD/.venv/bin:$PATH" .venv/bin/nox -s "$session" >"$logs/$session.log" 2>&1; then
-        echo "== nox -s $session: passed in $((SECONDS - started)) s ($(grep -Eo '[0-9]+ passed[^=]*' "$logs/$session.log" | tail -n 1))" >&2
+        echo "== nox -s $session: passed in $((SECONDS - started)) s $(grep -Eo '[0-9]+ passed[^=]*' "$logs/$session.log" | tail -n 1)" >&2
       else
         echo "$session" >>"$logs/failed"
         echo "== nox -s $session: FAILED in $((SECONDS - started)) s; its log:" >&2
