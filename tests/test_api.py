@@ -185,7 +185,7 @@ def test_cli_version_and_option_help() -> None:
         (("inspect", "k", "--ledger", "foo://x"), 2, "unknown ledger URL scheme 'foo'"),
         (("inspect", "k", "--redis", "redis://127.0.0.1:1/0"), 1, "cannot reach the ledger"),
         (("inspect", "k", "--ledger", "sqlite:////nonexistent-dir-idemsend/l.db"), 2, "does not exist"),
-        (("inspect", "k"), 2, "one of the arguments --ledger --redis --postgres is required"),
+        (("inspect", "k"), 2, "one of the arguments --ledger --redis --postgres --dynamodb is required"),
     ],
 )
 def test_cli_answers_ordinary_mistakes_in_one_line(args: tuple[str, ...], status: int, needle: str) -> None:

@@ -69,7 +69,8 @@ def test_chaos_small_run_with_a_postgres_ledger() -> None:
     assert rows["provider sends"] == ["200"] and rows["double sends"] == ["0"] and rows["lost jobs"] == ["0"]
     assert rows["verdict"] == ["OK"] and rows["Redis restarts"] == ["1"]
     assert rows["ledger PostgreSQL crashes (SIGKILL, restart)"] == ["1"]
-    assert rows["done records in the PostgreSQL/DynamoDB ledger"] == ["200"]  # the workers' ledger was PostgreSQL
+    # the workers' ledger was PostgreSQL
+    assert rows["done records in the ledger (PostgreSQL, SQLite, DynamoDB)"] == ["200"]
 
 
 @pytest.mark.slow
@@ -104,7 +105,8 @@ def test_chaos_small_run_with_a_dynamodb_ledger() -> None:
             for line in out.stdout.splitlines() if line.startswith("| ") and not line.startswith("| |")}
     assert rows["provider sends"] == ["200"] and rows["double sends"] == ["0"] and rows["lost jobs"] == ["0"]
     assert rows["verdict"] == ["OK"] and rows["Redis restarts"] == ["1"]
-    assert rows["done records in the PostgreSQL/DynamoDB ledger"] == ["200"]  # the workers' ledger was DynamoDB
+    # the workers' ledger was DynamoDB
+    assert rows["done records in the ledger (PostgreSQL, SQLite, DynamoDB)"] == ["200"]
 
 
 def test_chaos_refuses_an_unknown_queue() -> None:
