@@ -33,7 +33,7 @@ status=0
 # one), each lane its sessions in turn, dealt round-robin from this list; the order keeps the
 # two RabbitMQ-heavy sessions (celery, dramatiq) in one lane. Every session writes its own log,
 # printed whole when it fails, and a line when it ends.
-sessions=${IDEMSEND_SESSIONS:-"postgres sqs celery bullmq dramatiq temporal redis_lowest nats docs dynamodb otel redis_newest"}
+sessions=${IDEMSEND_SESSIONS:-"postgres sqs celery bullmq dramatiq temporal redis_lowest nats docs dynamodb otel redis_newest valkey"}
 lanes=${IDEMSEND_NOX_LANES:-2}
 if [ "$sessions" != none ]; then
   logs=$(mktemp -d)
