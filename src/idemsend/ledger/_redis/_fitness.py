@@ -3,6 +3,11 @@
 
 CONFIG GET answers the settings (``maxmemory-policy``, ``maxmemory``, ``appendonly``,
 ``save``); where CONFIG is disabled or renamed (managed Redis), INFO answers most of them.
+
+Valkey answers the same commands; its ``INFO server`` has ``valkey_version`` (``"9.1.2"``)
+beside a ``redis_version`` frozen at the Redis it forked from (``"7.2.4"``), which is the
+command set the scripts need, so the version check reads ``redis_version`` on both and
+the messages name Valkey (and its own version) where every server is one.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from redis.exceptions import AskError, ClusterError, ResponseError, TryAgainErro
 
 from .._fitness import Finding, StoreFacts
 
-__all__ = ["MIN_REDIS", "ServerFacts", "read_server", "read_servers", "store_facts", "version_of"]
+__all__ = ["MIN_REDIS", "ServerFacts", "read_server", "read_servers", "server_name", "store_facts", "version_of"]
 
 #: The oldest Redis the ledger's scripts run on (SET ... NX GET arrived in 7.0).
 MIN_REDIS = (7, 0)
@@ -37,16 +42,29 @@ class ServerFacts:
     persisted: bool | None = None
     persistence: str = ""  # the settings as read, for the message
     version: str | None = None  # redis_version from INFO server; None when it did not answer
+    valkey: str | None = None  # valkey_version from INFO server: None on Redis (or when INFO did not answer)
     errors: list[str] = field(default_factory=list)
+
+
+def server_name(servers: Sequence[ServerFacts]) -> str:
+    """How messages name the store: ``"Valkey"`` when every server said ``valkey_version``,
+    else ``"Redis"`` (pure)."""
+    return "Valkey" if servers and all(f.valkey is not None for f in servers) else "Redis"
+
+
+def _runs(f: ServerFacts) -> str:
+    if f.valkey is not None:
+        return f"runs Valkey {f.valkey} (redis_version {f.version})"
+    return f"runs Redis {f.version}"
 
 
 def store_facts(servers: Sequence[ServerFacts]) -> StoreFacts:
     """What ``start()`` read of every server, as the facts ``judge`` rules on (pure)."""
     return StoreFacts(
-        store="Redis",
+        store=server_name(servers),
         ledger="RedisLedger",
         too_old=tuple(
-            Finding(f.node, f"runs Redis {f.version}")
+            Finding(f.node, _runs(f))
             for f in servers if f.version is not None and version_of(f.version) < MIN_REDIS
         ),
         needs="Redis 7.0 or newer (its scripts use SET with both NX and GET)",
@@ -99,6 +117,7 @@ async def read_server(client: Any, node: Any, name: str) -> ServerFacts:
     try:
         server = await _ask(client, node, "info", "server")
         facts.version = str(server["redis_version"]) if "redis_version" in server else None
+        facts.valkey = str(server["valkey_version"]) if "valkey_version" in server else None
     except ResponseError as exc:
         _reraise_store_failure(exc)
         facts.errors.append(f"INFO server: {exc}")
