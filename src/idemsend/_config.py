@@ -16,6 +16,7 @@ value that would hang or spin a worker (``delay=0``, ``inf``, ``nan``) fails at 
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Iterable
@@ -169,6 +170,13 @@ class Limits:
             check_number("rate", self.rate, minimum=0, exclusive=True, maximum=1e9)
 
 
+@functools.lru_cache(maxsize=64)
+def _key_path(key_field: str) -> tuple[str, ...]:
+    """``parse_key_field`` once per path (``Provider.payload`` runs on every send; the path
+    was checked when the Provider was made)."""
+    return parse_key_field(key_field)
+
+
 @dataclass(frozen=True, slots=True)
 class Provider:
     """What the provider does, as facts that travel together.
@@ -233,7 +241,7 @@ class Provider:
         """The bytes every try of ``key`` sends: ``body`` serialised canonically, with the
         key written in at ``key_field`` first when the key travels in the body."""
         if self.key_field is not None:
-            body = keyed_body(body, parse_key_field(self.key_field), key)
+            body = keyed_body(body, _key_path(self.key_field), key)
         return canonical_body(body)
 
     @classmethod
